@@ -1,0 +1,114 @@
+# qcowkit - one GNU Makefile for the library, the CLI, the tests and the benchmarks.
+#   make                 static + shared library and the qcowkit CLI (in build/)
+#   make check           unit, CLI, corrupt and interop tests (installs test peers when root)
+#   make check SANITIZE=1  the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make demo            build, then run the main job on an image it makes itself
+#   make bench           benchmarks against qemu-img
+#   make install PREFIX=/usr/local
+
+PREFIX ?= /usr/local
+CC ?= cc
+VERSION := 0.1.0
+SOMAJOR := 0
+
+ifeq ($(SANITIZE),1)
+B := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+OPT := -O1 -g
+else
+B := build
+SANFLAGS :=
+OPT := -O2 -g
+endif
+
+HAVE_ZSTD := $(shell pkg-config --exists libzstd 2>/dev/null && echo 1)
+ifeq ($(HAVE_ZSTD),1)
+ZSTD_CFLAGS := -DQK_HAVE_ZSTD $(shell pkg-config --cflags libzstd)
+ZSTD_LIBS := $(shell pkg-config --libs libzstd)
+else
+$(info qcowkit: libzstd not found; building without zstd support (apt-get install libzstd-dev))
+endif
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
+BASECFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -Iinclude
+LIBCFLAGS := $(BASECFLAGS) -fPIC -fvisibility=hidden -DQK_BUILDING_LIBRARY $(ZSTD_CFLAGS)
+LIBS := -lz $(ZSTD_LIBS) -lpthread
+LDFLAGS_ALL := $(SANFLAGS)
+
+LIB_SRC := $(wildcard src/*.c)
+LIB_OBJ := $(patsubst src/%.c,$(B)/src/%.o,$(LIB_SRC))
+CLI_SRC := $(wildcard cli/*.c)
+CLI_OBJ := $(patsubst cli/%.c,$(B)/cli/%.o,$(CLI_SRC))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+
+STATIC := $(B)/libqcowkit.a
+SHARED := $(B)/libqcowkit.so.$(VERSION)
+CLI := $(B)/qcowkit
+
+all: $(STATIC) $(SHARED) $(CLI) $(B)/qcowkit.pc
+
+$(B)/src/%.o: src/%.c $(wildcard src/*.h) include/qcowkit.h
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBCFLAGS) -c -o $@ $<
+
+$(B)/cli/%.o: cli/%.c $(wildcard cli/*.h) include/qcowkit.h
+	@mkdir -p $(dir $@)
+	$(CC) $(BASECFLAGS) -c -o $@ $<
+
+$(STATIC): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ) src/libqcowkit.map
+	$(CC) -shared -Wl,-soname,libqcowkit.so.$(SOMAJOR) -Wl,--version-script=src/libqcowkit.map \
+	    $(LDFLAGS_ALL) -o $@ $(LIB_OBJ) $(LIBS)
+	ln -sf libqcowkit.so.$(VERSION) $(B)/libqcowkit.so.$(SOMAJOR)
+	ln -sf libqcowkit.so.$(SOMAJOR) $(B)/libqcowkit.so
+
+$(CLI): $(CLI_OBJ) $(STATIC)
+	$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS) -lm
+
+$(B)/qcowkit.pc: qcowkit.pc.in Makefile
+	@mkdir -p $(B)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS@|$(LIBS)|' $< > $@
+
+# Unit tests link the library's objects directly so they can reach src/ internals.
+$(B)/tests/%: tests/unit/%.c $(LIB_OBJ) $(wildcard tests/unit/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASECFLAGS) $(ZSTD_CFLAGS) -Isrc -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+peers:
+	@tests/install-peers.sh
+
+# Each bats suite gets the CLI under test through QCOWKIT.
+check: all peers $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	QCOWKIT=$(abspath $(CLI)) bats --jobs 2 tests/cli tests/corrupt tests/interop
+
+demo: all
+	@QCOWKIT=$(abspath $(CLI)) sh tools/demo.sh
+
+bench: all
+	@QCOWKIT=$(abspath $(CLI)) bash bench/run.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libqcowkit.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libqcowkit.so.$(SOMAJOR)
+	ln -sf libqcowkit.so.$(SOMAJOR) $(DESTDIR)$(PREFIX)/lib/libqcowkit.so
+	install -m 644 include/qcowkit.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(B)/qcowkit.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 docs/qcowkit.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 docs/qcowkit.3 $(DESTDIR)$(PREFIX)/share/man/man3/
+
+clean:
+	rm -rf build build-san
+
+.PHONY: all unit peers check demo bench install clean

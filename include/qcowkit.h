@@ -1,0 +1,225 @@
+/*
+ * qcowkit.h - the public API of libqcowkit, a library for qcow2 disk images.
+ *
+ * Conventions (see docs/qcowkit.3):
+ *  - Every function returns 0 on success or a negative code: -errno for system
+ *    failures, or one of the QK_E_* codes below for format outcomes.
+ *    qk_strerror(code) names any code; qk_errmsg(img) gives the words of the
+ *    last failure on that handle.
+ *  - A qk_image handle is created with qk_image_new() before it is opened, so
+ *    that an open failure has a handle to carry its message. qk_close() always
+ *    frees the handle.
+ *  - Offsets and lengths are in bytes. No global state; distinct handles may be
+ *    used from distinct threads, one handle from one thread at a time.
+ *  - Option structs are versioned: initialise them with their *_INIT macro;
+ *    fields are only ever appended.
+ *  - What comes back through an `**out` parameter belongs to the caller and is
+ *    released with the matching *_free function.
+ */
+#ifndef QCOWKIT_H
+#define QCOWKIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(QK_BUILDING_LIBRARY)
+#define QK_API __attribute__((visibility("default")))
+#else
+#define QK_API
+#endif
+
+#define QK_VERSION_MAJOR 0
+#define QK_VERSION_MINOR 1
+#define QK_VERSION_PATCH 0
+#define QK_VERSION_STRING "0.1.0"
+
+/** Run-time version, as QK_VERSION_MAJOR*10000 + MINOR*100 + PATCH. */
+QK_API int qk_version_number(void);
+
+/* ------------------------------------------------------------------ */
+/* Error codes (negative). System errors are -errno and are below 1000. */
+
+#define QK_E_CORRUPT        (-1001) /**< image metadata is inconsistent or malformed */
+#define QK_E_UNSUPPORTED    (-1002) /**< valid image that uses a feature we do not support */
+#define QK_E_INVALID        (-1003) /**< invalid argument or option */
+#define QK_E_NOT_FORMAT     (-1004) /**< the file is not in the requested format */
+#define QK_E_READONLY       (-1005) /**< the handle or image can only be read */
+#define QK_E_LOCKED         (-1006) /**< another process holds a conflicting lock */
+#define QK_E_NOT_FOUND      (-1007) /**< named object (bitmap, snapshot) does not exist */
+#define QK_E_EXISTS         (-1008) /**< named object already exists */
+#define QK_E_BITMAP_INCONSISTENT (-1009) /**< the bitmap is inconsistent and cannot be used */
+#define QK_E_TOO_LARGE      (-1010) /**< a size exceeds the format's limits */
+#define QK_E_NOSPC_META     (-1011) /**< no room left in a metadata structure */
+
+/** A static string naming any return code (never NULL). */
+QK_API const char *qk_strerror(int code);
+
+/* ------------------------------------------------------------------ */
+/* Handles */
+
+typedef struct qk_image qk_image;
+
+/** Formats an image can be opened as. */
+enum qk_format {
+    QK_FMT_PROBE = 0, /**< qcow2 if the file starts with the qcow2 magic, else raw */
+    QK_FMT_QCOW2 = 1,
+    QK_FMT_RAW = 2,
+};
+
+/* qk_open flags */
+#define QK_OPEN_RDWR         0x0001u /**< open for writing (default read-only) */
+#define QK_OPEN_FORCE_SHARE  0x0002u /**< like qemu-img -U: take no refusal locks */
+#define QK_OPEN_NO_BACKING   0x0004u /**< do not open backing files (reads of unallocated ranges return zeros) */
+#define QK_OPEN_NO_LOCK      0x0008u /**< take no locks at all */
+#define QK_OPEN_FMT_QCOW2    0x0100u /**< the file must be qcow2 (else QK_E_NOT_FORMAT) */
+#define QK_OPEN_FMT_RAW      0x0200u /**< treat the file as raw */
+
+/** Allocate an unopened handle. */
+QK_API int qk_image_new(qk_image **out);
+
+/** Open PATH on a handle made by qk_image_new(). Backing files named in the
+ *  image are resolved against the image's folder and opened read-only. */
+QK_API int qk_open(qk_image *img, const char *path, unsigned flags);
+
+/** Flush (if writable) and free the handle and its backing chain. Returns the
+ *  result of the final flush. Passing NULL is allowed. */
+QK_API int qk_close(qk_image *img);
+
+/** The message of the last failure on this handle ("" if none). Valid until
+ *  the next call on the handle. */
+QK_API const char *qk_errmsg(const qk_image *img);
+
+/** Warnings gathered at open time (one per line, "" if none). */
+QK_API const char *qk_warnings(const qk_image *img);
+
+/* ------------------------------------------------------------------ */
+/* Reading */
+
+/** Read LEN bytes of guest data at OFFSET. Reads past the virtual size fail
+ *  with -EINVAL. */
+QK_API int qk_pread(qk_image *img, void *buf, uint64_t len, uint64_t offset);
+
+/** Virtual disk size in bytes. */
+QK_API uint64_t qk_size(const qk_image *img);
+
+/* Block status flags */
+#define QK_BS_PRESENT      0x01u /**< allocated in some layer of the chain */
+#define QK_BS_ZERO         0x02u /**< reads as zeros */
+#define QK_BS_DATA         0x04u /**< data is stored (not a hole) */
+#define QK_BS_OFFSET_VALID 0x08u /**< host_offset is the data's location */
+#define QK_BS_COMPRESSED   0x10u /**< the data is stored compressed */
+
+typedef struct qk_extent {
+    uint64_t offset;       /**< guest offset of the extent */
+    uint64_t length;       /**< length in bytes, > 0 */
+    unsigned flags;        /**< QK_BS_* */
+    int depth;             /**< layer where the status was found, 0 = this image */
+    uint64_t host_offset;  /**< valid with QK_BS_OFFSET_VALID */
+    const char *file;      /**< file holding the data at host_offset (borrowed) */
+} qk_extent;
+
+/** Describe the range starting at OFFSET, walking the backing chain as
+ *  `qemu-img map` does: fills *ext with the longest extent (at most LEN bytes)
+ *  whose status and host mapping are uniform. */
+QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext);
+
+/* ------------------------------------------------------------------ */
+/* Information */
+
+typedef struct qk_snapshot_info {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;       /**< valid when has_icount */
+    int has_icount;
+} qk_snapshot_info;
+
+#define QK_BITMAP_IN_USE 0x1u
+#define QK_BITMAP_AUTO   0x2u
+#define QK_BITMAP_EXTRA_DATA_COMPATIBLE 0x4u
+
+typedef struct qk_bitmap_info {
+    char *name;
+    uint64_t granularity;  /**< bytes (0 if the granularity is not representable) */
+    unsigned flags;        /**< on-disk flags: QK_BITMAP_* */
+    int consistent;        /**< 1 if the bitmap can be used */
+    char *reason;          /**< why it is inconsistent (NULL when consistent) */
+} qk_bitmap_info;
+
+typedef struct qk_info {
+    enum qk_format format;     /**< QK_FMT_QCOW2 or QK_FMT_RAW */
+    const char *filename;      /**< as opened (borrowed until qk_info_free) */
+    uint64_t virtual_size;
+    uint64_t actual_size;      /**< bytes allocated on the host for the file */
+    /* qcow2 only */
+    int version;               /**< 2 or 3 */
+    uint32_t cluster_size;
+    int refcount_bits;
+    int lazy_refcounts;
+    int corrupt;
+    int dirty;
+    int extended_l2;
+    int compression_type;      /**< 0 zlib, 1 zstd */
+    uint64_t incompatible_features, compatible_features, autoclear_features;
+    char *backing_file;        /**< name as stored in the image, or NULL */
+    char *full_backing_file;   /**< name resolved against the image's folder */
+    char *backing_format;      /**< from the extension, or NULL */
+    int backing_format_probed; /**< 1 if the backing format was probed */
+    char *data_file;           /**< external data file name, or NULL */
+    int data_file_raw;
+    size_t nb_snapshots;
+    qk_snapshot_info *snapshots;
+    size_t nb_bitmaps;
+    qk_bitmap_info *bitmaps;
+    int bitmaps_ext_error;     /**< 1 if the bitmaps extension could not be parsed */
+} qk_info;
+
+/** Gather what `qemu-img info` shows about this image (not its backing chain). */
+QK_API int qk_get_info(qk_image *img, qk_info **out);
+QK_API void qk_info_free(qk_info *info);
+
+/** The backing image of IMG, or NULL (borrowed: closed with IMG). */
+QK_API qk_image *qk_backing(qk_image *img);
+
+/** The file name IMG was opened with (borrowed). */
+QK_API const char *qk_filename(const qk_image *img);
+
+/* ------------------------------------------------------------------ */
+/* Creating */
+
+typedef struct qk_create_opts {
+    unsigned struct_version;   /**< set by QK_CREATE_OPTS_INIT */
+    enum qk_format format;     /**< QK_FMT_QCOW2 (default) or QK_FMT_RAW */
+    uint64_t size;             /**< virtual size; 0 with a backing file means "the backing file's size" */
+    int compat;                /**< 2 (0.10) or 3 (1.1, default) */
+    uint32_t cluster_size;     /**< default 65536 */
+    int refcount_bits;         /**< default 16 */
+    int lazy_refcounts;
+    int compression_type;      /**< 0 zlib (default), 1 zstd */
+    int extended_l2;
+    const char *backing_file;
+    const char *backing_fmt;   /**< "qcow2", "raw" or NULL */
+    const char *data_file;
+    int data_file_raw;
+    int no_backing_check;      /**< like qemu-img create -u: don't open the backing file */
+    int preallocation;         /**< 0 off (others come with the write path) */
+} qk_create_opts;
+
+#define QK_CREATE_OPTS_VERSION 1
+#define QK_CREATE_OPTS_INIT { QK_CREATE_OPTS_VERSION, QK_FMT_QCOW2, 0, 3, 65536, 16, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0 }
+
+/** Create an image file at PATH. IMG is used only to carry the error
+ *  message and stays unopened. */
+QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QCOWKIT_H */

@@ -1,0 +1,238 @@
+/*
+ * internal.h - struct qk_image and the library's internal interfaces, grouped
+ * by the file that implements them. Nothing outside src/ includes this.
+ *
+ * Invariants of an open qcow2 image (established by image.c at open):
+ *  1. Every header field has been validated (header.c) against the file size
+ *     and the limits in format.h before anything is sized or indexed by it.
+ *  2. img->l1 holds l1_size entries; entries are validated when used.
+ *  3. The backing chain is at most MAX_BACKING_DEPTH deep and has no loops.
+ */
+#ifndef QK_INTERNAL_H
+#define QK_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qcowkit.h"
+#include "format.h"
+#include "io.h"
+
+/* ---- header.c ---------------------------------------------------------- */
+
+struct qk_feature_name {
+    uint8_t type;   /* 0 incompatible, 1 compatible, 2 autoclear */
+    uint8_t bit;
+    char name[FEATURE_NAME_SIZE + 1];
+};
+
+struct qk_raw_ext {          /* an unknown header extension, kept byte for byte */
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+};
+
+struct qk_bitmaps_ext {
+    uint32_t nb_bitmaps;
+    uint32_t reserved;
+    uint64_t dir_size;
+    uint64_t dir_offset;
+};
+
+struct qk_header {
+    uint32_t version;
+    uint64_t backing_offset;
+    uint32_t backing_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_offset;
+    uint64_t reftable_offset;
+    uint32_t reftable_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompat;
+    uint64_t compat;
+    uint64_t autoclear;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+    /* bytes of the header past what we know (offset 112 .. header_length) */
+    uint8_t *unknown_fields;
+    size_t unknown_fields_len;
+
+    /* extensions */
+    char *backing_name;      /* NULL if none */
+    char *backing_fmt;       /* NULL if no extension */
+    char *data_file;         /* NULL if no extension */
+    int has_bitmaps_ext;
+    struct qk_bitmaps_ext bitmaps;
+    int bitmaps_ext_error;   /* extension present but malformed (length) */
+    int has_crypto_ext;
+    uint64_t crypto_offset, crypto_length;
+    struct qk_feature_name *features;
+    size_t nb_features;
+    struct qk_raw_ext *unknown_exts;
+    size_t nb_unknown_exts;
+};
+
+/* Parse and validate the header in BUF (the first min(cluster, file) bytes).
+ * On failure the message is in img. */
+int header_parse(qk_image *img, const uint8_t *buf, size_t len, uint64_t file_size,
+                 struct qk_header *h);
+/* Serialize H into BUF (CS bytes, zeroed first) in QEMU's order: header,
+ * unknown fields, extensions, end marker, backing name. Sets
+ * h->backing_offset/backing_size and h->header_length. Returns 0 or
+ * QK_E_TOO_LARGE when it does not fit in one cluster. */
+int header_serialize(struct qk_header *h, uint8_t *buf, size_t cs);
+void header_free(struct qk_header *h);
+/* Name of an unknown feature from the image's table, or NULL. */
+const char *header_feature_name(const struct qk_header *h, int type, int bit);
+
+/* ---- error.c ----------------------------------------------------------- */
+
+int qk_set_error(qk_image *img, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int qk_set_errorv(qk_image *img, int code, const char *fmt, va_list ap);
+void qk_add_warning(qk_image *img, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+#define QK_CORRUPT(img, ...) qk_set_error((img), QK_E_CORRUPT, __VA_ARGS__)
+
+/* ---- cache.c: L2 table cache ------------------------------------------- */
+
+struct qk_cache;
+int cache_new(struct qk_cache **out, size_t table_size, size_t nb_tables);
+void cache_free(struct qk_cache *c);
+/* Get the table at host OFFSET (read through IO on a miss). The pointer stays
+ * valid until the next cache_get on the same cache. */
+int cache_get(struct qk_cache *c, qk_io *io, uint64_t offset, const uint8_t **table);
+
+/* ---- cluster.c: guest -> host mapping ----------------------------------- */
+
+enum qk_ctype {
+    CT_UNALLOCATED,   /* read from backing */
+    CT_ZERO,          /* reads as zeros (ZERO_PLAIN or ZERO_ALLOC) */
+    CT_NORMAL,        /* data at host */
+    CT_COMPRESSED,    /* compressed at host, length clen */
+};
+
+struct qk_map {
+    enum qk_ctype type;
+    uint64_t host;        /* NORMAL: host offset of the guest offset; COMPRESSED: descriptor offset */
+    uint64_t clen;        /* COMPRESSED: bytes of compressed data */
+    uint64_t len;         /* bytes from the guest offset with this same status and contiguous host */
+    int zero_alloc;       /* CT_ZERO with an allocated cluster behind it */
+};
+
+/* Map guest OFFSET..OFFSET+LEN of a qcow2 image: returns the status of the
+ * run starting at OFFSET (at most LEN bytes, stopping at an L2 table end). */
+int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
+
+/* ---- compress.c -------------------------------------------------------- */
+
+/* Inflate SRC (exactly SLEN bytes) into DST (exactly DLEN bytes) with the
+ * image's compression type. Fails with QK_E_CORRUPT unless exactly DLEN bytes
+ * come out. */
+int compress_decode(int type, const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
+
+/* ---- snapshot.c -------------------------------------------------------- */
+
+struct qk_snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    char *id;
+    char *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+    int has_disk_size;
+    uint64_t icount;
+    int has_icount;
+    uint32_t extra_size;
+    uint8_t *extra;       /* kept byte for byte */
+};
+
+int snapshot_load(qk_image *img);
+void snapshot_free_all(qk_image *img);
+
+/* ---- bitmap.c ---------------------------------------------------------- */
+
+struct qk_bitmap {
+    char *name;
+    uint64_t table_offset;
+    uint32_t table_size;
+    uint32_t flags;
+    uint8_t type;
+    uint8_t gran_bits;
+    uint32_t extra_size;
+    uint8_t *extra;
+    const char *reason;   /* NULL when consistent; a static string otherwise */
+};
+
+/* Parse the bitmap directory. Never fails the open: a directory that cannot
+ * be parsed leaves every bitmap inconsistent and sets img->bitmap_dir_error. */
+int bitmap_load_directory(qk_image *img);
+void bitmap_free_all(qk_image *img);
+
+/* ---- backing.c --------------------------------------------------------- */
+
+/* Open the backing file of IMG (if any) read-only. */
+int backing_open(qk_image *img);
+/* Resolve NAME against the folder of BASE_PATH (malloc'd). */
+char *backing_resolve(const char *base_path, const char *name);
+
+/* ---- image.c: the handle ------------------------------------------------ */
+
+struct qk_image {
+    char errmsg[1024];
+    char *warnings;
+    size_t warnings_len;
+
+    char *filename;
+    unsigned flags;
+    int is_open;
+    int writable;
+    enum qk_format fmt;
+    qk_io *io;             /* the image file */
+    qk_io *data_io;        /* guest data: == io unless there is an external data file */
+    uint64_t file_size;
+    uint64_t size;         /* virtual size */
+
+    /* qcow2 */
+    struct qk_header hdr;
+    uint32_t cluster_size;
+    uint32_t cluster_bits;
+    int extl2;
+    uint32_t l2_entries;   /* entries per L2 table */
+    uint32_t l2_entry_size;/* 8 or 16 */
+    uint32_t subcluster_size;
+    uint64_t *l1;          /* host-endian copy of the L1 table */
+    uint32_t l1_size;
+    struct qk_cache *l2_cache;
+    uint8_t *cbuf;         /* one-cluster buffer for decompression */
+    uint8_t *zbuf;         /* compressed input buffer (2 clusters) */
+    uint64_t cbuf_host;    /* descriptor of what cbuf holds, or UINT64_MAX */
+
+    /* snapshots */
+    struct qk_snapshot *snapshots;
+    uint32_t nb_snapshots;
+
+    /* bitmaps */
+    struct qk_bitmap *bitmaps;
+    uint32_t nb_bitmaps;
+    int bitmap_dir_error;
+    char bitmap_dir_reason[256];
+
+    /* backing chain */
+    qk_image *backing;
+    char *backing_full;    /* resolved path of the backing file */
+    char *backing_fmt_used;/* "qcow2" or "raw" */
+    int backing_probed;
+    int depth;             /* position in the chain, 0 = top */
+    char *data_file_full;
+};
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * io.h - the I/O backend vtable under every image file.
+ *
+ * Backends: io-posix.c (a file: pread/pwrite/fdatasync/fallocate, byte-range
+ * locks) and io-mem.c (a growable buffer, for unit tests and fuzzing).
+ *
+ * Invariants:
+ *  1. pread fills the whole buffer; bytes past the end of the file read as
+ *     zeros (as QEMU's protocol layer does). Only real I/O errors fail.
+ *  2. pwrite writes the whole buffer or fails; the file grows as needed.
+ *  3. Data written before a successful flush survives a crash.
+ */
+#ifndef QK_IO_H
+#define QK_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct qk_io qk_io;
+
+struct qk_io_ops {
+    int (*pread)(qk_io *io, void *buf, size_t len, uint64_t off);
+    int (*pwrite)(qk_io *io, const void *buf, size_t len, uint64_t off);
+    int (*flush)(qk_io *io);
+    int (*get_size)(qk_io *io, uint64_t *size);
+    int (*truncate)(qk_io *io, uint64_t size);
+    /* Deallocate [off, off+len) so it reads as zeros. */
+    int (*punch_hole)(qk_io *io, uint64_t off, uint64_t len);
+    /* Is OFF in data (1) or a hole (0)? *run gets the length of that state
+     * from OFF, at most LEN. */
+    int (*data_status)(qk_io *io, uint64_t off, uint64_t len, int *is_data, uint64_t *run);
+    /* Bytes allocated on the host (st_blocks * 512). */
+    int (*allocated_size)(qk_io *io, uint64_t *size);
+    void (*close)(qk_io *io);
+};
+
+struct qk_io {
+    const struct qk_io_ops *ops;
+};
+
+/* io-posix.c */
+#define QK_IO_WRITE 1
+int io_posix_open(qk_io **out, const char *path, int mode, int create);
+
+/* io-mem.c: a private copy of DATA (may be NULL/0). */
+int io_mem_new(qk_io **out, const void *data, size_t len);
+const uint8_t *io_mem_data(qk_io *io, size_t *len);
+
+static inline int io_pread(qk_io *io, void *buf, size_t len, uint64_t off)
+{
+    return io->ops->pread(io, buf, len, off);
+}
+
+static inline int io_pwrite(qk_io *io, const void *buf, size_t len, uint64_t off)
+{
+    return io->ops->pwrite(io, buf, len, off);
+}
+
+static inline void io_close(qk_io *io)
+{
+    if (io)
+        io->ops->close(io);
+}
+
+#endif
