@@ -154,7 +154,7 @@ static int open_qcow2(qk_image *img)
     img->l2_entry_size = img->extl2 ? 16 : 8;
     img->l2_entries = img->cluster_size / img->l2_entry_size;
     img->subcluster_size = img->extl2 ? img->cluster_size / EXTL2_SUBCLUSTERS : img->cluster_size;
-    img->size = h->size;
+    img->size = h->size & ~511ull;   /* QEMU counts whole 512-byte sectors */
 
     if ((h->incompat & INCOMPAT_CORRUPT) && img->writable)
         return QK_CORRUPT(img, "qcow2: Image is corrupt; cannot be opened read/write");
@@ -247,7 +247,11 @@ QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
     }
 
     if (img->fmt == QK_FMT_RAW) {
-        img->size = img->file_size;
+        /* QEMU sees a raw file as whole sectors: the tail reads as zeros. */
+        if (ck_align_up(img->file_size, 512, &img->size) < 0) {
+            r = qk_set_error(img, QK_E_TOO_LARGE, "File too large");
+            goto fail;
+        }
         img->data_io = img->io;
     } else {
         if ((r = open_qcow2(img)) < 0)
