@@ -52,6 +52,8 @@ static void image_release(qk_image *img)
     bitmap_free_all(img);
     header_free(&img->hdr);
     free(img->l1);
+    compress_decoder_free(img->decoder);
+    img->decoder = NULL;
     free(img->cbuf);
     free(img->zbuf);
     free(img->filename);

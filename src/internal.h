@@ -134,8 +134,12 @@ int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
 
 /* Inflate SRC (exactly SLEN bytes) into DST (exactly DLEN bytes) with the
  * image's compression type. Fails with QK_E_CORRUPT unless exactly DLEN bytes
- * come out. */
-int compress_decode(int type, const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
+ * come out. *DEC holds reusable decoder state (made on first use, NULL
+ * before; released with compress_decoder_free). */
+struct qk_decoder;
+int compress_decode(struct qk_decoder **dec, int type, const uint8_t *src, size_t slen,
+                    uint8_t *dst, size_t dlen);
+void compress_decoder_free(struct qk_decoder *dec);
 
 /* ---- snapshot.c -------------------------------------------------------- */
 
@@ -218,6 +222,7 @@ struct qk_image {
     uint8_t *cbuf;         /* one-cluster buffer for decompression */
     uint8_t *zbuf;         /* compressed input buffer (2 clusters) */
     uint64_t cbuf_host;    /* descriptor of what cbuf holds, or UINT64_MAX */
+    struct qk_decoder *decoder;
 
     /* snapshots */
     struct qk_snapshot *snapshots;
