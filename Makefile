@@ -35,6 +35,9 @@ CODEC_CFLAGS += -DQK_HAVE_LIBDEFLATE $(shell pkg-config --cflags libdeflate)
 CODEC_LIBS += $(shell pkg-config --libs libdeflate)
 endif
 
+# bats runs files in parallel only with GNU parallel installed.
+BATS_JOBS := $(shell command -v parallel >/dev/null 2>&1 && echo --jobs 2)
+
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
 BASECFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -Iinclude
 LIBCFLAGS := $(BASECFLAGS) -fPIC -fvisibility=hidden -DQK_BUILDING_LIBRARY $(CODEC_CFLAGS)
@@ -88,12 +91,17 @@ unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 peers:
-	@tests/install-peers.sh
+	@bash tests/install-peers.sh
 
-# Each bats suite gets the CLI under test through QCOWKIT.
-check: all peers $(UNIT_BIN)
+# The peers are installed first, then a fresh make sees the libraries they
+# brought (zstd, libdeflate, cmocka). Each bats suite gets the CLI under
+# test through QCOWKIT.
+check: peers
+	@$(MAKE) --no-print-directory check-run
+
+check-run: all $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
-	QCOWKIT=$(abspath $(CLI)) bats --jobs 2 tests/cli tests/corrupt tests/interop
+	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop
 
 demo: all
 	@QCOWKIT=$(abspath $(CLI)) sh tools/demo.sh
@@ -117,4 +125,5 @@ install: all
 clean:
 	rm -rf build build-san
 
-.PHONY: all unit peers check demo bench install clean
+
+.PHONY: all unit peers check check-run demo bench install clean
