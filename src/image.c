@@ -196,7 +196,7 @@ static int open_qcow2(qk_image *img)
     size_t nb_tables = cache_bytes / img->cluster_size;
     if (nb_tables < 4)
         nb_tables = 4;
-    if ((r = cache_new(&img->l2_cache, img->cluster_size, nb_tables)) < 0)
+    if ((r = cache_new(&img->l2_cache, img->io, img->cluster_size, nb_tables)) < 0)
         return qk_set_error(img, r, "Out of memory for the L2 cache");
 
     img->data_io = img->io;

@@ -100,14 +100,28 @@ void qk_add_warning(qk_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 #define QK_CORRUPT(img, ...) qk_set_error((img), QK_E_CORRUPT, __VA_ARGS__)
 
-/* ---- cache.c: L2 table cache ------------------------------------------- */
+/* ---- cache.c: L2 table and refcount block cache ------------------------- */
 
 struct qk_cache;
-int cache_new(struct qk_cache **out, size_t table_size, size_t nb_tables);
+int cache_new(struct qk_cache **out, qk_io *io, size_t table_size, size_t nb_tables);
 void cache_free(struct qk_cache *c);
-/* Get the table at host OFFSET (read through IO on a miss). The pointer stays
- * valid until the next cache_get on the same cache. */
-int cache_get(struct qk_cache *c, qk_io *io, uint64_t offset, const uint8_t **table);
+/* Get the table at host OFFSET (read on a miss). The pointer stays valid
+ * until the next cache_get* on the same cache. */
+int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table);
+/* The same, for modification: the table is marked dirty. */
+int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* A new all-zero dirty table at OFFSET (nothing is read). */
+int cache_get_empty(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* Drop the table at OFFSET without writing it (its cluster was freed). */
+void cache_forget(struct qk_cache *c, uint64_t offset);
+/* Before C writes a table, DEP's dirty tables are written and the file flushed. */
+void cache_set_dependency(struct qk_cache *c, struct qk_cache *dep);
+/* Before C writes a table, the file is flushed. */
+void cache_depends_on_flush(struct qk_cache *c);
+/* Write every dirty table (honouring dependencies), without a final flush. */
+int cache_write_dirty(struct qk_cache *c);
+/* cache_write_dirty() then flush the file. */
+int cache_flush(struct qk_cache *c);
 
 /* ---- cluster.c: guest -> host mapping ----------------------------------- */
 
