@@ -236,6 +236,12 @@ char *backing_resolve(const char *base_path, const char *name);
 /* 0 if NAME has a protocol prefix ("nbd:...", "json:..."), else 1. */
 int path_is_plain(const char *name);
 
+/* ---- lock.c ------------------------------------------------------------- */
+
+/* Take QEMU's lock bytes for this open mode; QK_E_LOCKED with QEMU's message
+ * when another process's locks conflict. */
+int lock_image(qk_image *img);
+
 /* ---- image.c: the handle ------------------------------------------------ */
 
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
