@@ -294,18 +294,26 @@ static int open_qcow2(qk_image *img)
 
 QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
 {
-    int r;
+    qk_io *io;
     if (!img || !path)
         return -EINVAL;
     if (img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The handle is already open");
+    int r = io_posix_open(&io, path, (flags & QK_OPEN_RDWR) ? QK_IO_WRITE : 0, 0);
+    if (r < 0)
+        return qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
+    return image_open_io(img, io, path, flags);
+}
+
+int image_open_io(qk_image *img, qk_io *io, const char *path, unsigned flags)
+{
+    int r;
+    img->io = io;
     img->errmsg[0] = '\0';
     img->flags = flags;
     img->writable = (flags & QK_OPEN_RDWR) != 0;
-    if (!(img->filename = strdup(path)))
-        return qk_set_error(img, -ENOMEM, "Out of memory");
-    if ((r = io_posix_open(&img->io, path, img->writable ? QK_IO_WRITE : 0, 0)) < 0) {
-        qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
+    if (!(img->filename = strdup(path))) {
+        r = qk_set_error(img, -ENOMEM, "Out of memory");
         goto fail;
     }
     if ((r = lock_image(img)) < 0)

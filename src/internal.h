@@ -255,6 +255,9 @@ int lock_image(qk_image *img);
 
 /* ---- image.c: the handle ------------------------------------------------ */
 
+/* Open an image on an I/O backend (which the handle owns from now on, even
+ * on failure). NAME resolves backing files. qk_open() = file backend + this. */
+int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
 int image_mark_dirty(qk_image *img);
 
