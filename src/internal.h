@@ -293,6 +293,7 @@ struct qk_image {
     uint32_t refcount_bits;
     uint64_t refblock_entries;
     uint64_t free_cluster_index;
+    uint64_t free_byte_offset; /* where the next compressed cluster may be packed, 0 = none */
     int broken;            /* a corruption event happened: no more writes */
     uint64_t snapshots_size; /* bytes of the snapshot table */
     int lazy_dirty;        /* we set the dirty bit (lazy refcounts) and must clear it on close */

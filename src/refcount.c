@@ -258,6 +258,8 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
         rb_set(img, b, idx, v);
         if (v == 0 && c < img->free_cluster_index)
             img->free_cluster_index = c;
+        if (v == 0 && c == (img->free_byte_offset >> img->cluster_bits))
+            img->free_byte_offset = 0;   /* no more packing into a freed cluster */
     }
     return 0;
 }

@@ -370,3 +370,106 @@ QK_API int qk_flush(qk_image *img)
         r = img->io->ops->flush(img->io);
     return r < 0 ? qk_set_error(img, r, "Flush failed: %s", qk_strerror(r)) : 0;
 }
+
+QK_API int qk_compression_type(const qk_image *img)
+{
+    return img->fmt == QK_FMT_QCOW2 ? img->hdr.compression_type : 0;
+}
+
+QK_API uint32_t qk_cluster_size(const qk_image *img)
+{
+    return img->fmt == QK_FMT_QCOW2 ? img->cluster_size : 512;
+}
+
+/* Find LEN bytes for compressed data, packed after the previous compressed
+ * cluster as QEMU's qcow2_alloc_bytes does: the host cluster holding the
+ * start gets one more reference per user; a run into the next cluster needs
+ * that cluster to be free (or already ours) and contiguous. */
+static int alloc_bytes(qk_image *img, size_t len, uint64_t *out)
+{
+    uint64_t cs = img->cluster_size;
+    uint64_t off = img->free_byte_offset;
+    int r;
+    if (off && (off & (cs - 1)) && (off & (cs - 1)) + len <= cs) {
+        /* Fits in the partly used cluster: one more reference to it. */
+        if ((r = refcount_update(img, off & ~(cs - 1), cs, 1)) < 0)
+            return r;
+        *out = off;
+        img->free_byte_offset = off + len;
+        return 0;
+    }
+    uint64_t n = div_round_up(len, cs), start;
+    if ((r = refcount_alloc(img, n, &start)) < 0)
+        return r;
+    *out = start;
+    img->free_byte_offset = start + len;
+    return 0;
+}
+
+QK_API int qk_pwrite_compressed_data(qk_image *img, const void *data, size_t len, uint64_t offset)
+{
+    uint64_t cs = img->cluster_size;
+    int r = check_writable(img, cs > img->size - offset ? img->size - offset : cs, offset);
+    if (r < 0)
+        return r;
+    if (img->fmt != QK_FMT_QCOW2 || has_data_file(img))
+        return qk_set_error(img, QK_E_UNSUPPORTED, "Compressed writes need a qcow2 image without an external data file");
+    if (offset & (cs - 1))
+        return qk_set_error(img, -EINVAL, "Compressed writes must be cluster aligned");
+    if (len == 0 || len >= cs)
+        return qk_set_error(img, -EINVAL, "Compressed data must be smaller than a cluster");
+    struct l2_slot slot;
+    if ((r = l2_entry_get(img, offset, &slot)) < 0)
+        return r;
+    uint64_t old = slot.entry, coff;
+    if ((r = image_mark_dirty(img)) < 0)
+        return r;
+    if ((r = alloc_bytes(img, len, &coff)) < 0)
+        return r;
+    if ((r = l2_prepare_write(img, &slot)) < 0)
+        return r;
+    if ((r = overlap_check(img, coff, len)) < 0)
+        return r;
+    if ((r = io_pwrite(img->io, data, len, coff)) < 0)
+        return qk_set_error(img, r, "Write failed: %s", qk_strerror(r));
+    uint64_t nsec_field = ((coff + len - 1) >> 9) - (coff >> 9);
+    unsigned shift = 62 - (img->cluster_bits - 8);
+    uint64_t entry = OFLAG_COMPRESSED | (nsec_field << shift) | coff;
+    if ((r = l2_entry_set(img, &slot, entry, 0, 1, 1)) < 0)
+        return r;
+    return free_entry(img, old);
+}
+
+QK_API int qk_pwrite_compressed(qk_image *img, const void *buf, uint64_t len, uint64_t offset)
+{
+    uint64_t cs = img->cluster_size;
+    int r = check_writable(img, len, offset);
+    if (r < 0)
+        return r;
+    if (img->fmt != QK_FMT_QCOW2 || (offset & (cs - 1)) || len > cs ||
+        (len < cs && offset + len != img->size))
+        return qk_set_error(img, -EINVAL, "Compressed writes take one whole cluster, cluster aligned");
+    uint8_t *in = NULL, *out = malloc(cs);
+    const uint8_t *src = buf;
+    if (!out)
+        return qk_set_error(img, -ENOMEM, "Out of memory");
+    if (len < cs) {          /* the last, partial cluster: pad with zeros */
+        if (!(in = calloc(1, cs))) {
+            free(out);
+            return qk_set_error(img, -ENOMEM, "Out of memory");
+        }
+        memcpy(in, buf, len);
+        src = in;
+    }
+    size_t outlen = cs - 1;
+    r = qk_compress(img->hdr.compression_type, src, cs, out, &outlen);
+    if (r == -ENOSPC)
+        r = qk_pwrite(img, buf, len, offset);      /* incompressible: store it plain */
+    else if (r < 0)
+        r = qk_set_error(img, r, "Compression failed: %s", qk_strerror(r));
+    else
+        r = qk_pwrite_compressed_data(img, out, outlen, offset);
+    free(in);
+    free(out);
+    return r;
+}
