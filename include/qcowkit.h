@@ -166,6 +166,11 @@ QK_API int qk_pwrite_compressed_data(qk_image *img, const void *data, size_t len
 QK_API int qk_compression_type(const qk_image *img);
 QK_API uint32_t qk_cluster_size(const qk_image *img);
 
+#define QK_RESIZE_SHRINK 0x1u /**< allow the size to go down (data past it is lost) */
+
+/** Change the virtual size to SIZE (a multiple of 512), as `qemu-img resize`. */
+QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags);
+
 /** Write all cached metadata in a crash-safe order and flush the file. */
 QK_API int qk_flush(qk_image *img);
 

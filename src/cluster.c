@@ -240,17 +240,12 @@ int l2_entry_get(qk_image *img, uint64_t guest_off, struct l2_slot *slot)
     return 0;
 }
 
-static int write_l1_entry(qk_image *img, uint64_t l1_index, uint64_t value)
+int l1_entry_set(qk_image *img, uint64_t l1_index, uint64_t value)
 {
-    uint8_t be[8];
-    be64_store(be, value);
-    int r = io_pwrite(img->io, be, 8, img->hdr.l1_offset + l1_index * 8);
+    int r = image_write_be64_sync(img, img->hdr.l1_offset + l1_index * 8, value, "the L1 table");
     if (r == 0)
-        r = img->io->ops->flush(img->io);
-    if (r < 0)
-        return qk_set_error(img, r, "Could not write the L1 table: %s", qk_strerror(r));
-    img->l1[l1_index] = value;
-    return 0;
+        img->l1[l1_index] = value;
+    return r;
 }
 
 int l2_prepare_write(qk_image *img, struct l2_slot *slot)
@@ -286,7 +281,7 @@ int l2_prepare_write(qk_image *img, struct l2_slot *slot)
     free(copy);
     if ((r = cache_flush(img->l2_cache)) < 0)
         return qk_set_error(img, r, "Could not write an L2 table: %s", qk_strerror(r));
-    if ((r = write_l1_entry(img, slot->l1_index, new_off | OFLAG_COPIED)) < 0)
+    if ((r = l1_entry_set(img, slot->l1_index, new_off | OFLAG_COPIED)) < 0)
         return r;
     slot->l2_offset = new_off;
     slot->l2_copied = 1;

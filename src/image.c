@@ -37,17 +37,28 @@ QK_API int qk_image_new(qk_image **out)
     return 0;
 }
 
+int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what)
+{
+    int r = io_pwrite(img->io, buf, len, off);
+    if (r == 0)
+        r = img->io->ops->flush(img->io);
+    return r < 0 ? qk_set_error(img, r, "Could not write %s: %s", what, qk_strerror(r)) : 0;
+}
+
+int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const char *what)
+{
+    uint8_t be[8];
+    be64_store(be, value);
+    return image_write_sync(img, off, be, sizeof be, what);
+}
+
 int image_mark_dirty(qk_image *img)
 {
     if (img->lazy_dirty || !(img->hdr.compat & COMPAT_LAZY_REFCOUNTS))
         return 0;
-    uint8_t be[8];
-    be64_store(be, img->hdr.incompat | INCOMPAT_DIRTY);
-    int r = io_pwrite(img->io, be, 8, HDR_INCOMPAT);
-    if (r == 0)
-        r = img->io->ops->flush(img->io);
+    int r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat | INCOMPAT_DIRTY, "the dirty bit");
     if (r < 0)
-        return qk_set_error(img, r, "Could not set the dirty bit: %s", qk_strerror(r));
+        return r;
     img->hdr.incompat |= INCOMPAT_DIRTY;
     img->lazy_dirty = 1;
     return 0;
@@ -76,14 +87,9 @@ static int close_writable(qk_image *img)
 {
     int r = qk_flush(img);
     if (r == 0 && img->lazy_dirty) {
-        uint8_t be[8];
-        be64_store(be, img->hdr.incompat & ~INCOMPAT_DIRTY);
-        r = io_pwrite(img->io, be, 8, HDR_INCOMPAT);
-        if (r == 0)
-            r = img->io->ops->flush(img->io);
-        if (r < 0)
-            r = qk_set_error(img, r, "Could not clear the dirty bit: %s", qk_strerror(r));
-        else {
+        r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat & ~INCOMPAT_DIRTY,
+                                  "the dirty bit");
+        if (r == 0) {
             img->hdr.incompat &= ~INCOMPAT_DIRTY;
             img->lazy_dirty = 0;
         }

@@ -169,6 +169,8 @@ struct l2_slot {
     uint64_t entry, bitmap;
 };
 int l2_entry_get(qk_image *img, uint64_t guest_off, struct l2_slot *slot);
+/* Point L1 entry L1_INDEX at VALUE, on disk (synchronously) and in memory. */
+int l1_entry_set(qk_image *img, uint64_t l1_index, uint64_t value);
 /* Make the slot's L2 table exist and be ours alone (allocate or copy it,
  * then point the L1 entry at it, in QEMU's order). */
 int l2_prepare_write(qk_image *img, struct l2_slot *slot);
@@ -176,6 +178,9 @@ int l2_prepare_write(qk_image *img, struct l2_slot *slot);
  * (flush it first); REFS_ADDED: refcounts were raised (write them first). */
 int l2_entry_set(qk_image *img, const struct l2_slot *slot, uint64_t entry, uint64_t bitmap,
                  int data_written, int refs_added);
+
+/* write.c: clear the slot's entry (unallocated) and free what it held. */
+int write_drop_entry(qk_image *img, const struct l2_slot *slot);
 
 /* ---- compress.c -------------------------------------------------------- */
 
@@ -258,6 +263,10 @@ int lock_image(qk_image *img);
 /* Open an image on an I/O backend (which the handle owns from now on, even
  * on failure). NAME resolves backing files. qk_open() = file backend + this. */
 int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
+/* Write BUF at OFF of the image file and flush (for header fields and
+ * single table entries, whose order matters); WHAT names it in errors. */
+int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what);
+int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const char *what);
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
 int image_mark_dirty(qk_image *img);
 

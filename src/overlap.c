@@ -16,7 +16,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "endian.h"
 #include "internal.h"
 
 static int overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
@@ -59,11 +58,8 @@ int image_signal_corruption(qk_image *img, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (img->writable && !img->broken) {
-        uint8_t be[8];
         img->hdr.incompat |= INCOMPAT_CORRUPT;
-        be64_store(be, img->hdr.incompat);
-        if (io_pwrite(img->io, be, 8, HDR_INCOMPAT) == 0)
-            img->io->ops->flush(img->io);
+        image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat, "the corrupt bit");
         qk_add_warning(img, "qcow2: Marking image as corrupt: %s; further corruption events will be suppressed",
                        msg);
     }

@@ -156,14 +156,6 @@ static int find_free(qk_image *img, uint64_t n, uint64_t *start)
     }
 }
 
-static int write_header_fields(qk_image *img, size_t off, const void *buf, size_t len)
-{
-    int r = io_pwrite(img->io, buf, len, off);
-    if (r == 0)
-        r = img->io->ops->flush(img->io);
-    return r < 0 ? qk_set_error(img, r, "Could not update the header: %s", qk_strerror(r)) : 0;
-}
-
 static void note_file_end(qk_image *img, uint64_t end)
 {
     if (end > img->file_size)
@@ -213,9 +205,8 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
             rb_set(img, b, c % img->refblock_entries, 1);   /* it describes itself */
         if ((r = cache_flush(img->rb_cache)) < 0)
             return qk_set_error(img, r, "Could not write a refcount block: %s", qk_strerror(r));
-        uint8_t be[8];
-        be64_store(be, new_off);
-        if ((r = write_header_fields(img, img->hdr.reftable_offset + i * 8, be, 8)) < 0)
+        if ((r = image_write_be64_sync(img, img->hdr.reftable_offset + i * 8, new_off,
+                                       "the refcount table")) < 0)
             return r;
         img->reftable[i] = new_off;
         *made = 1;
@@ -375,7 +366,7 @@ static int grow_reftable(qk_image *img, uint64_t min_index)
     uint8_t hdr[12];
     be64_store(hdr, toff);
     be32_store(hdr + 8, (uint32_t)tclusters);
-    if ((r = write_header_fields(img, HDR_REFTABLE_OFFSET, hdr, sizeof hdr)) < 0) {
+    if ((r = image_write_sync(img, HDR_REFTABLE_OFFSET, hdr, sizeof hdr, "the header")) < 0) {
         free(table);
         return r;
     }

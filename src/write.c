@@ -163,6 +163,12 @@ out:
     return r;
 }
 
+int write_drop_entry(qk_image *img, const struct l2_slot *slot)
+{
+    int r = l2_entry_set(img, slot, 0, 0, 0, 0);
+    return r < 0 ? r : free_entry(img, slot->entry);
+}
+
 static int check_writable(qk_image *img, uint64_t len, uint64_t offset)
 {
     uint64_t end;
