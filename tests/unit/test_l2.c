@@ -185,6 +185,8 @@ static void expect_map(qk_image *img, uint64_t off, uint64_t len, enum qk_ctype 
  *   1 zero plain             5 normal, same host H
  *   2 normal + COPIED        6 normal + COPIED, host K
  *   3 zero alloc (garbage)   7 normal + COPIED, host K + CS (contiguous)
+ * Expected block status is what `qemu-img map --output=json` 7.2 prints for
+ * the same image (zero alloc has an offset; unallocated has zero=true).
  */
 static void check_standard_entries(unsigned cluster_bits)
 {
@@ -207,6 +209,7 @@ static void check_standard_entries(unsigned cluster_bits)
     mkimg_set_l2(&m, 4, h4, 0);
     mkimg_set_l2(&m, 5, h4, 0);
     fill_pattern(expect + 6 * cs, 2 * cs, 6);
+    mkimg_alloc(&m, 1, 0);              /* a free spacer: h4 + CS != h6 */
     uint64_t h6 = mkimg_alloc(&m, 2, 1);
     memcpy(m.buf + h6, expect + 6 * cs, 2 * cs);
     mkimg_set_l2(&m, 6, OFLAG_COPIED | h6, 0);
@@ -226,14 +229,8 @@ static void check_standard_entries(unsigned cluster_bits)
     expect_status(img, cs, size - cs, QK_BS_PRESENT | QK_BS_ZERO, cs, UINT64_MAX);
     expect_status(img, 2 * cs, size - 2 * cs, QK_BS_PRESENT | QK_BS_DATA | QK_BS_OFFSET_VALID,
                   cs, h2);
-    qk_extent e;
-    assert_int_equal(qk_block_status(img, 3 * cs, size - 3 * cs, &e), 0);
-    assert_true(e.length == cs);
-    assert_int_equal(e.flags & (QK_BS_PRESENT | QK_BS_ZERO | QK_BS_DATA | QK_BS_COMPRESSED),
-                     QK_BS_PRESENT | QK_BS_ZERO);
-    if (e.flags & QK_BS_OFFSET_VALID)
-        assert_true(e.host_offset == h3);
-    assert_int_equal(e.depth, 0);
+    expect_status(img, 3 * cs, size - 3 * cs, QK_BS_PRESENT | QK_BS_ZERO | QK_BS_OFFSET_VALID,
+                  cs, h3);
     /* 4 and 5 share one host cluster: not contiguous, two extents */
     expect_status(img, 4 * cs, size - 4 * cs, QK_BS_PRESENT | QK_BS_DATA | QK_BS_OFFSET_VALID,
                   cs, h4);
@@ -252,10 +249,11 @@ static void check_standard_entries(unsigned cluster_bits)
     expect_map(img, 2 * cs + 100, size - 2 * cs - 100, CT_NORMAL, cs - 100, h2 + 100);
     struct qk_map mp;
     assert_int_equal(cluster_map(img, 1 * cs, cs, &mp), 0);
-    assert_int_equal(mp.zero_alloc, 0);
-    assert_int_equal(cluster_map(img, 3 * cs, cs, &mp), 0);
+    assert_int_equal(mp.has_host, 0);
+    assert_int_equal(cluster_map(img, 3 * cs + 8, cs - 8, &mp), 0);
     assert_int_equal(mp.type, CT_ZERO);
-    assert_int_equal(mp.zero_alloc, 1);
+    assert_int_equal(mp.has_host, 1);   /* zero with an allocation behind it */
+    assert_true(mp.host == h3 + 8);
     expect_map(img, 6 * cs, 2 * cs, CT_NORMAL, 2 * cs, h6);
 
     close_and_remove(img, &t);
@@ -588,6 +586,8 @@ static void test_l2__compressed_zstd(void **state)
  * Cluster 0: host H full of pattern; subclusters 0,1,5,31 allocated, 2,3
  * zero, the rest unallocated (they must read zeros, not H's bytes).
  * Cluster 1: no host, every subcluster zero. Cluster 2: no host, nothing.
+ * Block status as `qemu-img map` 7.2 shows it: subclusters of an allocated
+ * cluster all have an offset, the unallocated ones too (present=false).
  */
 static void check_extl2(unsigned cluster_bits)
 {
@@ -617,17 +617,20 @@ static void check_extl2(unsigned cluster_bits)
     const unsigned data = QK_BS_PRESENT | QK_BS_DATA | QK_BS_OFFSET_VALID;
     expect_status(img, 0, cs, data, 2 * sc, h);
     expect_status(img, sc, cs - sc, data, sc, h + sc);
-    expect_status(img, 2 * sc, cs - 2 * sc, QK_BS_PRESENT | QK_BS_ZERO, 2 * sc, UINT64_MAX);
-    expect_status(img, 4 * sc, cs - 4 * sc, QK_BS_ZERO, sc, UINT64_MAX);
+    const unsigned zero_here = QK_BS_ZERO | QK_BS_OFFSET_VALID;
+    expect_status(img, 2 * sc, cs - 2 * sc, QK_BS_PRESENT | zero_here, 2 * sc, h + 2 * sc);
+    expect_status(img, 4 * sc, cs - 4 * sc, zero_here, sc, h + 4 * sc);
     expect_status(img, 5 * sc, cs - 5 * sc, data, sc, h + 5 * sc);
-    expect_status(img, 6 * sc, cs - 6 * sc, QK_BS_ZERO, 25 * sc, UINT64_MAX);
+    expect_status(img, 6 * sc, cs - 6 * sc, zero_here, 25 * sc, h + 6 * sc);
     expect_status(img, 31 * sc, sc, data, sc, h + 31 * sc);
     expect_status(img, cs, cs, QK_BS_PRESENT | QK_BS_ZERO, cs, UINT64_MAX);
     expect_status(img, 2 * cs, cs, QK_BS_ZERO, cs, UINT64_MAX);
 
     expect_map(img, 0, cs, CT_NORMAL, 2 * sc, h);
-    expect_map(img, 2 * sc, cs - 2 * sc, CT_ZERO, 2 * sc, UINT64_MAX);
-    expect_map(img, 6 * sc + 3, cs - 6 * sc - 3, CT_UNALLOCATED, 25 * sc - 3, UINT64_MAX);
+    expect_map(img, 2 * sc, cs - 2 * sc, CT_ZERO, 2 * sc, h + 2 * sc);
+    expect_map(img, 6 * sc + 3, cs - 6 * sc - 3, CT_UNALLOCATED, 25 * sc - 3, h + 6 * sc + 3);
+    expect_map(img, cs, cs, CT_ZERO, cs, UINT64_MAX);
+    expect_map(img, 2 * cs, cs, CT_UNALLOCATED, cs, UINT64_MAX);
 
     close_and_remove(img, &t);
     free(expect);
@@ -679,10 +682,12 @@ static void write_file(const char *path, const uint8_t *data, size_t n)
 }
 
 /* Unallocated clusters and subclusters show the backing file; zero entries
- * hide it. */
-static void test_l2__unallocated_reads_backing(void **state)
+ * hide it. With MERGE, also require what the API promises ("the longest
+ * extent whose status and host mapping are uniform") and qemu-img map shows:
+ * the unallocated tail of cluster 2 and unallocated cluster 3 are one extent
+ * in the raw backing file. */
+static void check_backing(int merge)
 {
-    (void)state;
     struct mkimg m;
     mkimg_init(&m, 16, 1, 4);
     uint64_t cs = m.cs, sc = cs / 32;
@@ -713,23 +718,42 @@ static void test_l2__unallocated_reads_backing(void **state)
     assert_non_null(qk_backing(img));
     expect_read(img, 0, 4 * cs, expect);
 
+    /* as `qemu-img map --output=json` 7.2 shows it */
+    const unsigned data = QK_BS_PRESENT | QK_BS_DATA | QK_BS_OFFSET_VALID;
     qk_extent e;
+    expect_status(img, 0, cs, data, cs, 0);
     assert_int_equal(qk_block_status(img, 0, cs, &e), 0);
     assert_int_equal(e.depth, 1);
-    assert_true(e.flags & QK_BS_PRESENT);
-    assert_true(e.flags & QK_BS_DATA);
-    if (e.flags & QK_BS_OFFSET_VALID)
-        assert_true(e.host_offset == 0);
+    expect_status(img, cs, cs, QK_BS_PRESENT | QK_BS_ZERO, cs, UINT64_MAX);
     assert_int_equal(qk_block_status(img, cs, cs, &e), 0);
     assert_int_equal(e.depth, 0);
-    assert_int_equal(e.flags & BS_MASK, QK_BS_PRESENT | QK_BS_ZERO);
+    expect_status(img, 2 * cs, cs, data, sc, h);
+    expect_status(img, 2 * cs + sc, cs, QK_BS_PRESENT | QK_BS_ZERO | QK_BS_OFFSET_VALID, sc,
+                  h + sc);
+    expect_status(img, 2 * cs + 2 * sc, cs - 2 * sc, data, cs - 2 * sc, 2 * cs + 2 * sc);
     assert_int_equal(qk_block_status(img, 2 * cs + 2 * sc, cs - 2 * sc, &e), 0);
     assert_int_equal(e.depth, 1);
+    expect_status(img, 3 * cs, cs, data, cs, 3 * cs);
+    if (merge)
+        expect_status(img, 2 * cs + 2 * sc, 2 * cs - 2 * sc, data, 2 * cs - 2 * sc,
+                      2 * cs + 2 * sc);
     close_and_remove(img, &t);
     free(base);
     free(expect);
     free(top);
     mkimg_free(&m);
+}
+
+static void test_l2__unallocated_reads_backing(void **state)
+{
+    (void)state;
+    check_backing(0);
+}
+
+static void test_l2__backing_extent_spans_clusters(void **state)
+{
+    (void)state;
+    check_backing(1);
 }
 
 int main(void)
@@ -748,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_l2__extl2_subclusters),
         cmocka_unit_test(test_l2__extl2_invalid_bitmaps_are_corrupt),
         cmocka_unit_test(test_l2__unallocated_reads_backing),
+        cmocka_unit_test(test_l2__backing_extent_spans_clusters),
     };
     return cmocka_run_group_tests_name("l2", tests, NULL, NULL);
 }
