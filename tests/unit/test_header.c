@@ -899,6 +899,85 @@ static void test_header__truncated_file(void **state)
     hb_free(&b);
 }
 
+/* A bitmaps extension of the wrong length never fails the parse: it is
+ * recorded, and bitmap.c reports every bitmap inconsistent. */
+static void test_header__bitmaps_ext_bad_length_is_not_fatal(void **state)
+{
+    (void)state;
+    struct hb b;
+    hb_init(&b, 3, 16, HDR_V3_LENGTH);
+    set64(&b, HDR_AUTOCLEAR, AUTOCLEAR_BITMAPS);
+    uint8_t e[16] = { 0, 0, 0, 1 };
+    hb_ext(&b, EXT_BITMAPS, e, sizeof e);
+    hb_end(&b, NULL);
+    struct qk_header h;
+    parse_ok(&b, &h);
+    assert_int_equal(h.has_bitmaps_ext, 1);
+    assert_int_equal(h.bitmaps_ext_error, 1);
+    header_free(&h);
+    hb_free(&b);
+}
+
+/* Names handed to open(2) or printed must not hide a NUL byte. */
+static void test_header__names_with_nul_are_corrupt(void **state)
+{
+    (void)state;
+    struct hb b;
+    hb_init(&b, 3, 16, HDR_V3_LENGTH);
+    hb_end(&b, "base.qcow2");
+    b.buf[be64_load(b.buf + HDR_BACKING_OFFSET) + 4] = 0;   /* "base\0qcow2" */
+    parse_fails(&b, QK_E_CORRUPT, "backing", NULL);
+    hb_free(&b);
+
+    hb_init(&b, 3, 16, HDR_V3_LENGTH);
+    hb_ext(&b, EXT_BACKING_FMT, "raw\0x", 5);
+    hb_end(&b, "base");
+    parse_fails(&b, QK_E_CORRUPT, "format|fmt|backing", NULL);
+    hb_free(&b);
+
+    hb_init(&b, 3, 16, HDR_V3_LENGTH);
+    set64(&b, HDR_INCOMPAT, INCOMPAT_DATA_FILE);
+    hb_ext(&b, EXT_DATA_FILE, "d.raw\0../../etc/passwd", 22);
+    hb_end(&b, NULL);
+    parse_fails(&b, QK_E_CORRUPT, "data file|data-file", NULL);
+    hb_free(&b);
+}
+
+/* Whatever follows the end marker is not an extension, even if it looks
+ * like a broken one. */
+static void test_header__end_marker_stops_parsing(void **state)
+{
+    (void)state;
+    struct hb b;
+    hb_init(&b, 3, 16, HDR_V3_LENGTH);
+    hb_str_ext(&b, EXT_BACKING_FMT, "raw");
+    hb_end(&b, NULL);
+    set32(&b, b.pos, 0x12345678u);
+    set32(&b, b.pos + 4, 0xfffffff0u);
+    struct qk_header h;
+    parse_ok(&b, &h);
+    assert_string_equal(h.backing_fmt, "raw");
+    assert_int_equal(h.nb_unknown_exts, 0);
+    header_free(&h);
+    hb_free(&b);
+}
+
+/* Several unknown incompatible bits: the named ones by name, the rest as a
+ * hex mask, as QEMU prints "Unsupported qcow2 feature(s): ...". */
+static void test_header__unknown_incompat_mixed(void **state)
+{
+    (void)state;
+    struct hb b;
+    hb_init(&b, 3, 16, HDR_V3_LENGTH);
+    set64(&b, HDR_INCOMPAT, INCOMPAT_DIRTY | 1ull << 5 | 1ull << 6);
+    uint8_t t[FEATURE_ENTRY_SIZE];
+    put_feature(t, 0, 5, "frobnicated clusters");
+    hb_ext(&b, EXT_FEATURES, t, sizeof t);
+    hb_end(&b, NULL);
+    parse_fails(&b, QK_E_UNSUPPORTED, "frobnicated clusters", "Unknown incompatible feature: 40");
+    hb_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -930,6 +1009,10 @@ int main(void)
         cmocka_unit_test(test_header__compression_type_2),
         cmocka_unit_test(test_header__compression_bit_mismatch),
         cmocka_unit_test(test_header__truncated_file),
+        cmocka_unit_test(test_header__bitmaps_ext_bad_length_is_not_fatal),
+        cmocka_unit_test(test_header__names_with_nul_are_corrupt),
+        cmocka_unit_test(test_header__end_marker_stops_parsing),
+        cmocka_unit_test(test_header__unknown_incompat_mixed),
     };
     return cmocka_run_group_tests_name("header", tests, NULL, NULL);
 }

@@ -336,6 +336,47 @@ static void test_l2__reserved_bits(void **state)
     }
 }
 
+/* An L1 entry whose L2 table offset is not cluster aligned (QEMU: "L2 table
+ * offset ... unaligned", a corruption). */
+static void test_l2__unaligned_l2_table_is_corrupt(void **state)
+{
+    (void)state;
+    struct mkimg m;
+    mkimg_init(&m, 16, 0, 2);
+    be64_store(m.buf + m.l1_off, OFLAG_COPIED | (m.l2_off + 4096));
+    struct tdir t;
+    qk_image *img = save_and_open(&m, &t);
+    expect_read_fails(img, 0, 512, QK_E_CORRUPT);
+    close_and_remove(img, &t);
+    mkimg_free(&m);
+}
+
+/* Compressed data said to start inside the header cluster, or past the end
+ * of the file (hostile-inputs 12 and 17). */
+static void test_l2__compressed_offset_out_of_bounds_is_corrupt(void **state)
+{
+    (void)state;
+    struct mkimg m;
+    mkimg_init(&m, 16, 0, 3);
+    uint64_t cs = m.cs;
+    uint8_t *data = xmalloc(cs), *cdata = xmalloc(2 * cs + 1024);
+    fill_pattern(data, cs, 1);
+    size_t clen = mkimg_deflate(data, cs, cdata, 2 * cs + 1024);
+    memcpy(m.buf + 200, cdata, clen < 300 ? clen : 300); /* looks plausible, but is the header */
+    mkimg_set_l2(&m, 0, mkimg_cdesc(16, 200, clen), 0);
+    mkimg_set_l2(&m, 1, mkimg_cdesc(16, m.len + 10 * cs, clen), 0);
+    mkimg_compressed(&m, 2, cdata, clen, 0);
+    struct tdir t;
+    qk_image *img = save_and_open(&m, &t);
+    expect_read_fails(img, 0, cs, QK_E_CORRUPT);
+    expect_read_fails(img, cs, cs, QK_E_CORRUPT);
+    expect_read(img, 2 * cs, cs, data);
+    close_and_remove(img, &t);
+    free(data);
+    free(cdata);
+    mkimg_free(&m);
+}
+
 /* ---- compressed clusters ------------------------------------------------ */
 
 struct ccase {
@@ -763,6 +804,8 @@ int main(void)
         cmocka_unit_test(test_l2__unaligned_normal_offset_is_corrupt),
         cmocka_unit_test(test_l2__zero_flag_on_v2_is_corrupt),
         cmocka_unit_test(test_l2__reserved_bits),
+        cmocka_unit_test(test_l2__unaligned_l2_table_is_corrupt),
+        cmocka_unit_test(test_l2__compressed_offset_out_of_bounds_is_corrupt),
         cmocka_unit_test(test_l2__compressed_every_cluster_size),
         cmocka_unit_test(test_l2__compressed_high_offset),
         cmocka_unit_test(test_l2__compressed_bad_data_is_corrupt),
