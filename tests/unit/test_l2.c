@@ -43,16 +43,24 @@ struct tdir {
     char backing[96];
 };
 
+/* The folder of the running test, so that teardown can remove it when a
+ * failed assertion jumps out of the test. */
+static struct tdir live_dir;
+static int live;
+
 static void tdir_make(struct tdir *t)
 {
     strcpy(t->dir, "/tmp/qk-test-l2.XXXXXX");
     assert_non_null(mkdtemp(t->dir));
     snprintf(t->img, sizeof t->img, "%s/img.qcow2", t->dir);
     snprintf(t->backing, sizeof t->backing, "%s/backing.raw", t->dir);
+    live_dir = *t;
+    live = 1;
 }
 
 static void tdir_remove(struct tdir *t)
 {
+    live = 0;
     if (getenv("QK_TEST_KEEP")) {
         fprintf(stderr, "kept %s\n", t->dir);
         return;
@@ -60,6 +68,14 @@ static void tdir_remove(struct tdir *t)
     unlink(t->img);
     unlink(t->backing);
     rmdir(t->dir);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (live)
+        tdir_remove(&live_dir);
+    return 0;
 }
 
 /* Write M into a fresh folder and open it read-only. */
@@ -800,22 +816,22 @@ static void test_l2__backing_extent_spans_clusters(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_l2__standard_entries_all_cluster_sizes),
-        cmocka_unit_test(test_l2__unaligned_normal_offset_is_corrupt),
-        cmocka_unit_test(test_l2__zero_flag_on_v2_is_corrupt),
-        cmocka_unit_test(test_l2__reserved_bits),
-        cmocka_unit_test(test_l2__unaligned_l2_table_is_corrupt),
-        cmocka_unit_test(test_l2__compressed_offset_out_of_bounds_is_corrupt),
-        cmocka_unit_test(test_l2__compressed_every_cluster_size),
-        cmocka_unit_test(test_l2__compressed_high_offset),
-        cmocka_unit_test(test_l2__compressed_bad_data_is_corrupt),
+        cmocka_unit_test_teardown(test_l2__standard_entries_all_cluster_sizes, teardown),
+        cmocka_unit_test_teardown(test_l2__unaligned_normal_offset_is_corrupt, teardown),
+        cmocka_unit_test_teardown(test_l2__zero_flag_on_v2_is_corrupt, teardown),
+        cmocka_unit_test_teardown(test_l2__reserved_bits, teardown),
+        cmocka_unit_test_teardown(test_l2__unaligned_l2_table_is_corrupt, teardown),
+        cmocka_unit_test_teardown(test_l2__compressed_offset_out_of_bounds_is_corrupt, teardown),
+        cmocka_unit_test_teardown(test_l2__compressed_every_cluster_size, teardown),
+        cmocka_unit_test_teardown(test_l2__compressed_high_offset, teardown),
+        cmocka_unit_test_teardown(test_l2__compressed_bad_data_is_corrupt, teardown),
 #ifdef QK_HAVE_ZSTD
-        cmocka_unit_test(test_l2__compressed_zstd),
+        cmocka_unit_test_teardown(test_l2__compressed_zstd, teardown),
 #endif
-        cmocka_unit_test(test_l2__extl2_subclusters),
-        cmocka_unit_test(test_l2__extl2_invalid_bitmaps_are_corrupt),
-        cmocka_unit_test(test_l2__unallocated_reads_backing),
-        cmocka_unit_test(test_l2__backing_extent_spans_clusters),
+        cmocka_unit_test_teardown(test_l2__extl2_subclusters, teardown),
+        cmocka_unit_test_teardown(test_l2__extl2_invalid_bitmaps_are_corrupt, teardown),
+        cmocka_unit_test_teardown(test_l2__unallocated_reads_backing, teardown),
+        cmocka_unit_test_teardown(test_l2__backing_extent_spans_clusters, teardown),
     };
     return cmocka_run_group_tests_name("l2", tests, NULL, NULL);
 }
