@@ -128,6 +128,27 @@ typedef struct qk_extent {
 QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext);
 
 /* ------------------------------------------------------------------ */
+/* Writing (handles opened with QK_OPEN_RDWR) */
+
+/** Write LEN bytes of guest data at OFFSET. The data is durable after the
+ *  next successful qk_flush() or qk_close(). */
+QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offset);
+
+#define QK_ZERO_MAY_UNMAP 0x1u /**< the range may be deallocated (like qemu-io write -z -u) */
+
+/** Make LEN bytes at OFFSET read as zeros, without writing zero data where
+ *  the format can record it (v3 zero clusters). */
+QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsigned flags);
+
+/** Discard LEN bytes at OFFSET: whole clusters are deallocated (they read as
+ *  zeros on v3 images, as the backing file on v2 images with one), partial
+ *  clusters are left as they are, as QEMU does. */
+QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset);
+
+/** Write all cached metadata in a crash-safe order and flush the file. */
+QK_API int qk_flush(qk_image *img);
+
+/* ------------------------------------------------------------------ */
 /* Information */
 
 typedef struct qk_snapshot_info {
