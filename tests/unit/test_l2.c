@@ -47,6 +47,7 @@ struct tdir {
  * failed assertion jumps out of the test. */
 static struct tdir live_dir;
 static int live;
+static qk_image *live_img;   /* the open image of the running test */
 
 static void tdir_make(struct tdir *t)
 {
@@ -73,6 +74,10 @@ static void tdir_remove(struct tdir *t)
 static int teardown(void **state)
 {
     (void)state;
+    if (live_img) {
+        qk_close(live_img);
+        live_img = NULL;
+    }
     if (live)
         tdir_remove(&live_dir);
     return 0;
@@ -86,6 +91,7 @@ static qk_image *save_and_open(struct mkimg *m, struct tdir *t)
     assert_int_equal(rc, 0);
     qk_image *img = NULL;
     assert_int_equal(qk_image_new(&img), 0);
+    live_img = img;
     rc = qk_open(img, t->img, QK_OPEN_FMT_QCOW2);
     if (rc != 0)
         fail_msg("qk_open(%s) = %d (%s): %s", t->img, rc, qk_strerror(rc), qk_errmsg(img));
@@ -94,6 +100,7 @@ static qk_image *save_and_open(struct mkimg *m, struct tdir *t)
 
 static void close_and_remove(qk_image *img, struct tdir *t)
 {
+    live_img = NULL;
     assert_int_equal(qk_close(img), 0);
     tdir_remove(t);
 }
@@ -548,6 +555,7 @@ static void test_l2__compressed_high_offset(void **state)
         }
         qk_image *img = NULL;
         assert_int_equal(qk_image_new(&img), 0);
+        live_img = img;
         int rc = qk_open(img, t.img, QK_OPEN_FMT_QCOW2);
         if (rc)
             fail_msg("qk_open: %d: %s", rc, qk_errmsg(img));
@@ -769,6 +777,7 @@ static void check_backing(int merge)
     assert_int_equal(mkimg_write(&m, t.img), 0);
     qk_image *img = NULL;
     assert_int_equal(qk_image_new(&img), 0);
+    live_img = img;
     int rc = qk_open(img, t.img, QK_OPEN_FMT_QCOW2);
     if (rc)
         fail_msg("qk_open: %d: %s", rc, qk_errmsg(img));
@@ -791,14 +800,14 @@ static void check_backing(int merge)
     assert_int_equal(qk_block_status(img, 2 * cs + 2 * sc, cs - 2 * sc, &e), 0);
     assert_int_equal(e.depth, 1);
     expect_status(img, 3 * cs, cs, data, cs, 3 * cs);
-    if (merge)
-        expect_status(img, 2 * cs + 2 * sc, 2 * cs - 2 * sc, data, 2 * cs - 2 * sc,
-                      2 * cs + 2 * sc);
-    close_and_remove(img, &t);
     free(base);
     free(expect);
     free(top);
     mkimg_free(&m);
+    if (merge)
+        expect_status(img, 2 * cs + 2 * sc, 2 * cs - 2 * sc, data, 2 * cs - 2 * sc,
+                      2 * cs + 2 * sc);
+    close_and_remove(img, &t);
 }
 
 static void test_l2__unallocated_reads_backing(void **state)
