@@ -245,6 +245,11 @@ static int get_slot(struct qk_cache *c, uint64_t offset, int read, uint32_t *out
     return 0;
 }
 
+int cache_contains(const struct qk_cache *c, uint64_t offset)
+{
+    return find_slot(c, offset) != NO_SLOT;
+}
+
 int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table)
 {
     uint32_t s;

@@ -308,6 +308,8 @@ QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
         qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
         goto fail;
     }
+    if ((r = lock_image(img)) < 0)
+        goto fail;
     if ((r = img->io->ops->get_size(img->io, &img->file_size)) < 0) {
         qk_set_error(img, r, "Could not get the size of '%s': %s", path, qk_strerror(r));
         goto fail;

@@ -112,6 +112,8 @@ int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table);
 int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table);
 /* A new all-zero dirty table at OFFSET (nothing is read). */
 int cache_get_empty(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* 1 if the table at OFFSET is in the cache. */
+int cache_contains(const struct qk_cache *c, uint64_t offset);
 /* Drop the table at OFFSET without writing it (its cluster was freed). */
 void cache_forget(struct qk_cache *c, uint64_t offset);
 /* Before C writes a table, DEP's dirty tables are written and the file
@@ -236,6 +238,21 @@ char *backing_resolve(const char *base_path, const char *name);
 /* 0 if NAME has a protocol prefix ("nbd:...", "json:..."), else 1. */
 int path_is_plain(const char *name);
 
+/* ---- overlap.c ---------------------------------------------------------- */
+
+/* The metadata structure [off, off+len) would overwrite, or NULL. */
+const char *overlap_find(const qk_image *img, uint64_t off, uint64_t len);
+/* QK_E_CORRUPT (and the corrupt bit set) if [off, off+len) overlaps metadata. */
+int overlap_check(qk_image *img, uint64_t off, uint64_t len);
+/* Set the corrupt bit, refuse further writes, return QK_E_CORRUPT. */
+int image_signal_corruption(qk_image *img, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- lock.c ------------------------------------------------------------- */
+
+/* Take QEMU's lock bytes for this open mode; QK_E_LOCKED with QEMU's message
+ * when another process's locks conflict. */
+int lock_image(qk_image *img);
+
 /* ---- image.c: the handle ------------------------------------------------ */
 
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
@@ -273,6 +290,8 @@ struct qk_image {
     uint32_t refcount_bits;
     uint64_t refblock_entries;
     uint64_t free_cluster_index;
+    int broken;            /* a corruption event happened: no more writes */
+    uint64_t snapshots_size; /* bytes of the snapshot table */
     int lazy_dirty;        /* we set the dirty bit (lazy refcounts) and must clear it on close */
     uint8_t *cbuf;         /* one-cluster buffer for decompression */
     uint8_t *zbuf;         /* compressed input buffer (2 clusters) */

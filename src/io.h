@@ -31,6 +31,10 @@ struct qk_io_ops {
     int (*data_status)(qk_io *io, uint64_t off, uint64_t len, int *is_data, uint64_t *run);
     /* Bytes allocated on the host (st_blocks * 512). */
     int (*allocated_size)(qk_io *io, uint64_t *size);
+    /* Take a shared (read) lock on byte OFF; NULL where locks do not apply. */
+    int (*lock_byte)(qk_io *io, uint64_t off);
+    /* 1 if another open file holds a lock on byte OFF, 0 if not. */
+    int (*lock_test)(qk_io *io, uint64_t off);
     void (*close)(qk_io *io);
 };
 

@@ -281,6 +281,8 @@ int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset)
         if ((r = refcount_update(img, start << img->cluster_bits, n << img->cluster_bits, 1)) < 0)
             return r;
         *offset = start << img->cluster_bits;
+        if ((r = overlap_check(img, *offset, n << img->cluster_bits)) < 0)
+            return r;
         if (start == img->free_cluster_index)
             img->free_cluster_index = start + n;
         note_file_end(img, *offset + (n << img->cluster_bits));

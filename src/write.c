@@ -95,6 +95,8 @@ static int write_cluster(qk_image *img, uint64_t cstart, uint64_t a, uint64_t n,
             if (!(bm & (1ull << u)) || (bm & (1ull << (32 + u))))
                 direct = 0;
         if (direct) {
+            if (!has_data_file(img) && (r = overlap_check(img, host + a, n)) < 0)
+                return r;
             if (data)
                 r = io_pwrite(img->data_io, data, n, host + a);
             else {
@@ -146,6 +148,8 @@ static int write_cluster(qk_image *img, uint64_t cstart, uint64_t a, uint64_t n,
     }
     if ((r = l2_prepare_write(img, &slot)) < 0)
         goto out;
+    if (!has_data_file(img) && (r = overlap_check(img, new_host + (uint64_t)m0 * unit, mlen)) < 0)
+        goto out;
     if ((r = io_pwrite(img->data_io, buf, mlen, new_host + (uint64_t)m0 * unit)) < 0) {
         r = qk_set_error(img, r, "Write failed: %s", qk_strerror(r));
         goto out;
@@ -166,6 +170,8 @@ static int check_writable(qk_image *img, uint64_t len, uint64_t offset)
         return qk_set_error(img, QK_E_INVALID, "The image is not open");
     if (!img->writable)
         return qk_set_error(img, QK_E_READONLY, "The image is opened read-only");
+    if (img->broken)
+        return qk_set_error(img, QK_E_CORRUPT, "The image was marked corrupt; it takes no more writes");
     if (ck_add(offset, len, &end) || end > img->size)
         return qk_set_error(img, -EINVAL, "Write of %llu bytes at offset %llu is past the end of the image",
                             (unsigned long long)len, (unsigned long long)offset);
