@@ -9,9 +9,9 @@
  *   cluster 0   header (+ backing format extension, end marker, backing name)
  *   cluster 1   refcount table (one entry -> cluster 2)
  *   cluster 2   refcount block, 16-bit refcounts (covers CS/2 clusters)
- *   cluster 3   L1 table (one entry -> cluster 4, COPIED)
- *   cluster 4   the one L2 table: guest clusters 0 .. nb_clusters-1
- *   cluster 5+  whatever the test allocates (data, compressed bytes)
+ *   cluster 3   L1 table (entry k -> cluster 4+k, COPIED)
+ *   cluster 4+  the L2 tables, as many as nb_clusters needs (at most CS/8)
+ *   then        whatever the test allocates (data, compressed bytes)
  *
  * The refcounts of everything the builder allocates are kept exact, so the
  * images pass `qemu-img check` unless a test breaks them on purpose. The
@@ -49,7 +49,8 @@ struct mkimg {
     uint32_t l2_entries;      /* entries per L2 table */
     uint8_t *buf;             /* the whole file */
     uint64_t len;             /* file length (always whole clusters) */
-    uint64_t reftable_off, refblock_off, l1_off, l2_off;
+    uint64_t reftable_off, refblock_off, l1_off, l2_off;  /* l2_off: the first L2 table */
+    uint32_t nb_l2;           /* L1 entries = L2 tables */
     const char *backing;      /* backing file name, or NULL */
     const char *backing_fmt;  /* backing format extension, or NULL */
 };
@@ -102,7 +103,7 @@ static inline uint64_t mkimg_alloc(struct mkimg *m, uint64_t n, int ref)
     return off;
 }
 
-/* Lay out a v3 image of NB_CLUSTERS guest clusters (at most one L2 table).
+/* Lay out a v3 image of NB_CLUSTERS guest clusters, every L2 table allocated.
  * EXTL2 needs cluster_bits >= 14 (as QEMU). Change m->version,
  * m->compression_type, m->backing, m->backing_fmt before mkimg_write(). */
 static inline void mkimg_init(struct mkimg *m, unsigned cluster_bits, int extl2,
@@ -114,18 +115,29 @@ static inline void mkimg_init(struct mkimg *m, unsigned cluster_bits, int extl2,
     m->version = 3;
     m->extl2 = extl2;
     m->l2_entries = (uint32_t)(m->cs / (extl2 ? 16 : 8));
-    if (nb_clusters == 0 || nb_clusters > m->l2_entries)
-        mkimg_die("nb_clusters must fit one L2 table");
+    uint64_t nb_l2 = (nb_clusters + m->l2_entries - 1) / m->l2_entries;
+    if (nb_clusters == 0 || nb_l2 > m->cs / 8)
+        mkimg_die("nb_clusters must fit the L2 tables of a one-cluster L1");
+    m->nb_l2 = (uint32_t)nb_l2;
     m->size = nb_clusters * m->cs;
     m->refblock_off = 2 * m->cs; /* needed by mkimg_ref before it is set below */
-    mkimg_grow(m, 5 * m->cs);
+    mkimg_grow(m, (4 + nb_l2) * m->cs);
     m->reftable_off = m->cs;
     m->l1_off = MKIMG_L1_OFF(m);
     m->l2_off = MKIMG_L2_OFF(m);
-    for (uint64_t c = 0; c < 5; c++)
+    for (uint64_t c = 0; c < 4 + nb_l2; c++)
         mkimg_ref(m, c * m->cs, 1);
     be64_store(m->buf + m->reftable_off, m->refblock_off);
-    be64_store(m->buf + m->l1_off, OFLAG_COPIED | m->l2_off);
+    for (uint64_t k = 0; k < nb_l2; k++)
+        be64_store(m->buf + m->l1_off + 8 * k, OFLAG_COPIED | (m->l2_off + k * m->cs));
+}
+
+/* Raw L1 entry K (for example 0: that whole L2 range is unallocated). */
+static inline void mkimg_set_l1(struct mkimg *m, uint64_t k, uint64_t entry)
+{
+    if (k >= m->nb_l2)
+        mkimg_die("L1 index beyond the L1 table");
+    be64_store(m->buf + m->l1_off + 8 * k, entry);
 }
 
 static inline void mkimg_free(struct mkimg *m)
@@ -134,12 +146,18 @@ static inline void mkimg_free(struct mkimg *m)
     m->buf = NULL;
 }
 
-/* Raw L2 entry I of the (only) L2 table; BITMAP is used with extended L2. */
+/* Byte offset in the file of the L2 entry of guest cluster I. */
+static inline uint64_t mkimg_l2e_off(const struct mkimg *m, uint64_t i)
+{
+    return m->l2_off + (i / m->l2_entries) * m->cs + (i % m->l2_entries) * (m->extl2 ? 16 : 8);
+}
+
+/* Raw L2 entry of guest cluster I; BITMAP is used with extended L2. */
 static inline void mkimg_set_l2(struct mkimg *m, uint64_t i, uint64_t entry, uint64_t bitmap)
 {
     if (i >= m->size / m->cs)
         mkimg_die("L2 index beyond the virtual size");
-    uint8_t *p = m->buf + m->l2_off + i * (m->extl2 ? 16 : 8);
+    uint8_t *p = m->buf + mkimg_l2e_off(m, i);
     be64_store(p, entry);
     if (m->extl2)
         be64_store(p + 8, bitmap);
@@ -147,7 +165,7 @@ static inline void mkimg_set_l2(struct mkimg *m, uint64_t i, uint64_t entry, uin
 
 static inline uint64_t mkimg_get_l2(const struct mkimg *m, uint64_t i)
 {
-    return be64_load(m->buf + m->l2_off + i * (m->extl2 ? 16 : 8));
+    return be64_load(m->buf + mkimg_l2e_off(m, i));
 }
 
 /* Copy N bytes into the file at OFF (the file grows as needed, refcounts are
@@ -200,7 +218,7 @@ static inline uint64_t mkimg_compressed(struct mkimg *m, uint64_t i, const void 
 {
     if (at == 0)
         at = m->len;
-    if (at < 5 * m->cs)
+    if (at < (4 + m->nb_l2) * m->cs)
         mkimg_die("compressed data would overwrite metadata");
     uint64_t first = at & ~(m->cs - 1);
     uint64_t last = (at + clen - 1) & ~(m->cs - 1);
@@ -245,7 +263,7 @@ static inline void mkimg_header(struct mkimg *m)
     be32_store(h + HDR_VERSION, (uint32_t)m->version);
     be32_store(h + HDR_CLUSTER_BITS, m->cluster_bits);
     be64_store(h + HDR_SIZE, m->size);
-    be32_store(h + HDR_L1_SIZE, 1);
+    be32_store(h + HDR_L1_SIZE, m->nb_l2);
     be64_store(h + HDR_L1_OFFSET, m->l1_off);
     be64_store(h + HDR_REFTABLE_OFFSET, m->reftable_off);
     be32_store(h + HDR_REFTABLE_CLUSTERS, 1);

@@ -400,6 +400,67 @@ static void test_l2__compressed_offset_out_of_bounds_is_corrupt(void **state)
     mkimg_free(&m);
 }
 
+/*
+ * Three L2 tables of E entries each: guest clusters E-1 and E (the last of
+ * table 0, the first of table 1) are contiguous on the host; cluster E+1 has
+ * its own data; L1 entry 2 is 0, so the whole third range is unallocated.
+ * Catches l1_index/l2_index mix-ups and runs that forget the table end.
+ */
+static void check_l2_tables(unsigned cluster_bits, int extl2)
+{
+    struct mkimg m;
+    mkimg_init(&m, cluster_bits, extl2, 3 * (uint64_t)((1u << cluster_bits) / (extl2 ? 16 : 8)));
+    uint64_t cs = m.cs, E = m.l2_entries;
+    assert_int_equal(m.nb_l2, 3);
+    uint8_t *d = xmalloc(3 * cs);
+    fill_pattern(d, 3 * cs, cluster_bits + 1);
+    uint64_t h = mkimg_alloc(&m, 2, 1);
+    memcpy(m.buf + h, d, 2 * cs);
+    mkimg_set_l2(&m, E - 1, OFLAG_COPIED | h, extl2 ? 0xffffffffull : 0);
+    mkimg_set_l2(&m, E, OFLAG_COPIED | (h + cs), extl2 ? 0xffffffffull : 0);
+    mkimg_alloc(&m, 1, 0);                  /* spacer: E+1 is not contiguous with E */
+    uint64_t h3 = mkimg_data(&m, E + 1, d + 2 * cs);
+    mkimg_set_l1(&m, 2, 0);
+    mkimg_ref(&m, m.l2_off + 2 * cs, -1);   /* that L2 table is no longer used */
+
+    struct tdir t;
+    qk_image *img = save_and_open(&m, &t);
+    assert_true(qk_size(img) == 3 * E * cs);
+    expect_read(img, (E - 1) * cs, 3 * cs, d);
+    expect_read(img, (E - 1) * cs + cs / 2 + 1, cs + 7, d + cs / 2 + 1);
+    uint8_t *zero = calloc(1, 2 * cs);
+    assert_non_null(zero);
+    expect_read(img, 2 * E * cs, cs, zero);
+    expect_read(img, 3 * E * cs - 2 * cs, 2 * cs, zero);
+    expect_read(img, (E - 2) * cs, cs, zero);
+
+    const unsigned data = QK_BS_PRESENT | QK_BS_DATA | QK_BS_OFFSET_VALID;
+    /* cluster_map stops at the end of an L2 table even when the host goes on */
+    expect_map(img, (E - 1) * cs, 2 * cs, CT_NORMAL, cs, h);
+    expect_map(img, E * cs, 2 * cs, CT_NORMAL, cs, h + cs);
+    /* an L1 entry of 0: one run to the end of that table's range */
+    expect_map(img, 2 * E * cs + 512, E * cs - 512, CT_UNALLOCATED, E * cs - 512, UINT64_MAX);
+    expect_status(img, 2 * E * cs, E * cs, QK_BS_ZERO, E * cs, UINT64_MAX);
+    expect_status(img, E * cs, cs, data, cs, h + cs);
+    expect_status(img, (E + 1) * cs, cs, data, cs, h3);
+    /* unallocated up to the last cluster of table 0 */
+    expect_status(img, 0, E * cs, QK_BS_ZERO, (E - 1) * cs, UINT64_MAX);
+
+    free(zero);
+    free(d);
+    close_and_remove(img, &t);
+    mkimg_free(&m);
+}
+
+static void test_l2__l1_index_and_table_boundaries(void **state)
+{
+    (void)state;
+    check_l2_tables(9, 0);
+    check_l2_tables(12, 0);
+    check_l2_tables(16, 0);
+    check_l2_tables(14, 1);
+}
+
 /* ---- compressed clusters ------------------------------------------------ */
 
 struct ccase {
@@ -830,6 +891,7 @@ int main(void)
         cmocka_unit_test_teardown(test_l2__zero_flag_on_v2_is_corrupt, teardown),
         cmocka_unit_test_teardown(test_l2__reserved_bits, teardown),
         cmocka_unit_test_teardown(test_l2__unaligned_l2_table_is_corrupt, teardown),
+        cmocka_unit_test_teardown(test_l2__l1_index_and_table_boundaries, teardown),
         cmocka_unit_test_teardown(test_l2__compressed_offset_out_of_bounds_is_corrupt, teardown),
         cmocka_unit_test_teardown(test_l2__compressed_every_cluster_size, teardown),
         cmocka_unit_test_teardown(test_l2__compressed_high_offset, teardown),
