@@ -85,6 +85,31 @@ int refcount_open(qk_image *img)
     return 0;
 }
 
+int refcount_ensure(qk_image *img)
+{
+    return img->reftable ? 0 : refcount_open(img);
+}
+
+/* QEMU's qcow2_detect_metadata_preallocation: more clusters in use than the
+ * host has allocated (with slack) means the image was made with
+ * preallocation=metadata, and block status then asks the file for holes. */
+int refcount_detect_metadata_prealloc(qk_image *img)
+{
+    uint64_t real, count = 0;
+    if (refcount_ensure(img) < 0 || img->io->ops->allocated_size(img->io, &real) < 0)
+        return 0;
+    uint64_t real_clusters = real / img->cluster_size;
+    uint64_t threshold = max_u64(real_clusters * 10 / 9, real_clusters + 2);
+    uint64_t end = div_round_up(img->file_size, img->cluster_size);
+    for (uint64_t c = 0; c < end && count <= threshold; c++) {
+        uint64_t v;
+        if (refcount_get(img, c, &v) < 0)
+            return 0;
+        count += v != 0;
+    }
+    return count > threshold;
+}
+
 void refcount_close(qk_image *img)
 {
     cache_free(img->rb_cache);
