@@ -28,6 +28,9 @@
 #include "internal.h"
 
 #define REFCOUNT_CACHE_BYTES (1u << 20)
+/* An allocation retries after making refcount blocks; a sane image needs a
+ * few rounds, a hostile one could loop: it gets this many. */
+#define ALLOC_RETRIES 64
 
 static uint64_t rc_max(const qk_image *img)
 {
@@ -195,7 +198,9 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
 {
     uint64_t boff;
     int r;
-    for (;;) {
+    for (int tries = 0;; tries++) {
+        if (tries > ALLOC_RETRIES)
+            return QK_CORRUPT(img, "Could not allocate a refcount block: the refcounts are inconsistent");
         if (i >= img->reftable_entries) {
             if ((r = grow_reftable(img, i)) < 0)
                 return r;
@@ -223,6 +228,8 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
         }
         uint8_t *b;
         uint64_t new_off = c << img->cluster_bits;
+        if ((r = overlap_check(img, new_off, img->cluster_size)) < 0)
+            return r;
         note_file_end(img, new_off + img->cluster_size);
         if ((r = cache_get_empty(img->rb_cache, new_off, &b)) < 0)
             return qk_set_error(img, r, "Could not allocate a refcount block: %s", qk_strerror(r));
@@ -282,7 +289,9 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
 
 int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset)
 {
-    for (;;) {
+    for (int tries = 0;; tries++) {
+        if (tries > ALLOC_RETRIES)
+            return QK_CORRUPT(img, "Could not allocate clusters: the refcounts are inconsistent");
         uint64_t start;
         int r = find_free(img, n, &start);
         if (r < 0)
@@ -343,6 +352,8 @@ static int grow_reftable(qk_image *img, uint64_t min_index)
             return qk_set_error(img, QK_E_TOO_LARGE, "Could not place a new refcount table");
     }
     uint64_t tclusters = entries / per_cluster;
+    if ((r = overlap_check(img, start << img->cluster_bits, (tclusters + extra) << img->cluster_bits)) < 0)
+        return r;
     uint64_t *table = calloc(entries, 8);
     if (!table)
         return qk_set_error(img, -ENOMEM, "Out of memory for the refcount table");
