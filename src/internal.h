@@ -120,10 +120,10 @@ enum qk_ctype {
 
 struct qk_map {
     enum qk_ctype type;
-    uint64_t host;        /* NORMAL: host offset of the guest offset; COMPRESSED: descriptor offset */
+    uint64_t host;        /* host offset of the guest offset when has_host; COMPRESSED: data offset */
+    int has_host;         /* NORMAL, ZERO with allocation, or an unallocated subcluster of an allocated cluster */
     uint64_t clen;        /* COMPRESSED: bytes of compressed data */
     uint64_t len;         /* bytes from the guest offset with this same status and contiguous host */
-    int zero_alloc;       /* CT_ZERO with an allocated cluster behind it */
 };
 
 /* Map guest OFFSET..OFFSET+LEN of a qcow2 image: returns the status of the
@@ -167,6 +167,7 @@ struct qk_bitmap {
     uint32_t flags;
     uint8_t type;
     uint8_t gran_bits;
+    uint16_t name_size;
     uint32_t extra_size;
     uint8_t *extra;
     const char *reason;   /* NULL when consistent; a static string otherwise */
@@ -183,6 +184,8 @@ void bitmap_free_all(qk_image *img);
 int backing_open(qk_image *img);
 /* Resolve NAME against the folder of BASE_PATH (malloc'd). */
 char *backing_resolve(const char *base_path, const char *name);
+/* 0 if NAME has a protocol prefix ("nbd:...", "json:..."), else 1. */
+int path_is_plain(const char *name);
 
 /* ---- image.c: the handle ------------------------------------------------ */
 
@@ -232,6 +235,7 @@ struct qk_image {
     char *backing_fmt_used;/* "qcow2" or "raw" */
     int backing_probed;
     int depth;             /* position in the chain, 0 = top */
+    const qk_image *parent;/* the image this one is the backing file of */
     char *data_file_full;
 };
 
