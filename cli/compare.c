@@ -222,7 +222,7 @@ int cmd_compare(int argc, char **argv)
     uint64_t off = 0;
 
     memset(&st, 0, sizeof st);
-    while ((c = getopt_long(argc, argv, "hf:F:T:pqsU", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:F:T:pqsU", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': compare_usage(stdout); return 0;
         case 'f': fmt[0] = optarg; break;
@@ -232,7 +232,7 @@ int cmd_compare(int argc, char **argv)
         case 'q': st.quiet = 1; break;
         case 's': strict = 1; break;
         case 'U': flags |= QK_OPEN_FORCE_SHARE; break;
-        default: return cli_usage_error("compare: invalid option");
+        default: return cli_bad_option(c, argv);
         }
     }
     if (st.quiet)

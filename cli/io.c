@@ -458,14 +458,14 @@ int cmd_io(int argc, char **argv)
     cmds = calloc((size_t)argc, sizeof *cmds);
     if (!cmds)
         return 1;
-    while ((c = getopt_long(argc, argv, "c:f:rUh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":c:f:rUh", longopts, NULL)) != -1) {
         switch (c) {
         case 'c': cmds[ncmds++] = optarg; break;
         case 'f': fmt = optarg; break;
         case 'r': flags &= ~QK_OPEN_RDWR; break;
         case 'U': flags |= QK_OPEN_FORCE_SHARE; break;
         case 'h': io_usage(stdout); free(cmds); return 0;
-        default: free(cmds); return cli_usage_error("io: invalid option");
+        default: free(cmds); return cli_bad_option(c, argv);
         }
     }
     if (optind != argc - 1) {

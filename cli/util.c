@@ -11,6 +11,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,4 +207,11 @@ int cli_usage_error(const char *fmt, ...)
     va_end(ap);
     fputs("\nTry 'qcowkit --help' for more information\n", stderr);
     return 1;
+}
+
+int cli_bad_option(int c, char **argv)
+{
+    if (c == ':')
+        return cli_usage_error("missing argument for option '%s'", argv[optind - 1]);
+    return cli_usage_error("unrecognized option '%s'", argv[optind - 1]);
 }

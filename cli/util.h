@@ -64,4 +64,9 @@ int cli_is_zero(const void *buf, size_t len);
  * error_exit); returns 1, the exit status qemu-img uses for usage errors. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* qemu-img's reaction to getopt returning ':' or '?' (optstring starting
+ * with ':'): "missing argument for option '-x'" or "unrecognized option
+ * '-x'" as a usage error. Returns 1. */
+int cli_bad_option(int c, char **argv);
+
 #endif
