@@ -40,7 +40,7 @@ static int load_l2(qk_image *img, uint64_t l1_index, const uint8_t **l2)
     if (off + img->cluster_size > img->file_size)
         return QK_CORRUPT(img, "L2 table offset %#llx is past the end of the file (L1 index: %#llx)",
                           (unsigned long long)off, (unsigned long long)l1_index);
-    int r = cache_get(img->l2_cache, img->io, off, l2);
+    int r = cache_get(img->l2_cache, off, l2);
     if (r < 0)
         return qk_set_error(img, r, "Could not read L2 table at %#llx: %s",
                             (unsigned long long)off, qk_strerror(r));

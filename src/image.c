@@ -52,6 +52,8 @@ static void image_release(qk_image *img)
     bitmap_free_all(img);
     header_free(&img->hdr);
     free(img->l1);
+    compress_decoder_free(img->decoder);
+    img->decoder = NULL;
     free(img->cbuf);
     free(img->zbuf);
     free(img->filename);
@@ -154,7 +156,7 @@ static int open_qcow2(qk_image *img)
     img->l2_entry_size = img->extl2 ? 16 : 8;
     img->l2_entries = img->cluster_size / img->l2_entry_size;
     img->subcluster_size = img->extl2 ? img->cluster_size / EXTL2_SUBCLUSTERS : img->cluster_size;
-    img->size = h->size;
+    img->size = h->size & ~511ull;   /* QEMU counts whole 512-byte sectors */
 
     if ((h->incompat & INCOMPAT_CORRUPT) && img->writable)
         return QK_CORRUPT(img, "qcow2: Image is corrupt; cannot be opened read/write");
@@ -194,7 +196,7 @@ static int open_qcow2(qk_image *img)
     size_t nb_tables = cache_bytes / img->cluster_size;
     if (nb_tables < 4)
         nb_tables = 4;
-    if ((r = cache_new(&img->l2_cache, img->cluster_size, nb_tables)) < 0)
+    if ((r = cache_new(&img->l2_cache, img->io, img->cluster_size, nb_tables)) < 0)
         return qk_set_error(img, r, "Out of memory for the L2 cache");
 
     img->data_io = img->io;
@@ -247,7 +249,11 @@ QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
     }
 
     if (img->fmt == QK_FMT_RAW) {
-        img->size = img->file_size;
+        /* QEMU sees a raw file as whole sectors: the tail reads as zeros. */
+        if (ck_align_up(img->file_size, 512, &img->size) < 0) {
+            r = qk_set_error(img, QK_E_TOO_LARGE, "File too large");
+            goto fail;
+        }
         img->data_io = img->io;
     } else {
         if ((r = open_qcow2(img)) < 0)

@@ -100,14 +100,28 @@ void qk_add_warning(qk_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 #define QK_CORRUPT(img, ...) qk_set_error((img), QK_E_CORRUPT, __VA_ARGS__)
 
-/* ---- cache.c: L2 table cache ------------------------------------------- */
+/* ---- cache.c: L2 table and refcount block cache ------------------------- */
 
 struct qk_cache;
-int cache_new(struct qk_cache **out, size_t table_size, size_t nb_tables);
+int cache_new(struct qk_cache **out, qk_io *io, size_t table_size, size_t nb_tables);
 void cache_free(struct qk_cache *c);
-/* Get the table at host OFFSET (read through IO on a miss). The pointer stays
- * valid until the next cache_get on the same cache. */
-int cache_get(struct qk_cache *c, qk_io *io, uint64_t offset, const uint8_t **table);
+/* Get the table at host OFFSET (read on a miss). The pointer stays valid
+ * until the next cache_get* on the same cache. */
+int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table);
+/* The same, for modification: the table is marked dirty. */
+int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* A new all-zero dirty table at OFFSET (nothing is read). */
+int cache_get_empty(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* Drop the table at OFFSET without writing it (its cluster was freed). */
+void cache_forget(struct qk_cache *c, uint64_t offset);
+/* Before C writes a table, DEP's dirty tables are written and the file flushed. */
+void cache_set_dependency(struct qk_cache *c, struct qk_cache *dep);
+/* Before C writes a table, the file is flushed. */
+void cache_depends_on_flush(struct qk_cache *c);
+/* Write every dirty table (honouring dependencies), without a final flush. */
+int cache_write_dirty(struct qk_cache *c);
+/* cache_write_dirty() then flush the file. */
+int cache_flush(struct qk_cache *c);
 
 /* ---- cluster.c: guest -> host mapping ----------------------------------- */
 
@@ -134,8 +148,12 @@ int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
 
 /* Inflate SRC (exactly SLEN bytes) into DST (exactly DLEN bytes) with the
  * image's compression type. Fails with QK_E_CORRUPT unless exactly DLEN bytes
- * come out. */
-int compress_decode(int type, const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
+ * come out. *DEC holds reusable decoder state (made on first use, NULL
+ * before; released with compress_decoder_free). */
+struct qk_decoder;
+int compress_decode(struct qk_decoder **dec, int type, const uint8_t *src, size_t slen,
+                    uint8_t *dst, size_t dlen);
+void compress_decoder_free(struct qk_decoder *dec);
 
 /* ---- snapshot.c -------------------------------------------------------- */
 
@@ -218,6 +236,7 @@ struct qk_image {
     uint8_t *cbuf;         /* one-cluster buffer for decompression */
     uint8_t *zbuf;         /* compressed input buffer (2 clusters) */
     uint64_t cbuf_host;    /* descriptor of what cbuf holds, or UINT64_MAX */
+    struct qk_decoder *decoder;
 
     /* snapshots */
     struct qk_snapshot *snapshots;

@@ -33,7 +33,7 @@ static int read_compressed(qk_image *img, const struct qk_map *m, uint64_t in_cl
         img->cbuf_host = UINT64_MAX;
         if ((r = io_pread(img->io, img->zbuf, clen, m->host)) < 0)
             return qk_set_error(img, r, "Could not read compressed cluster: %s", qk_strerror(r));
-        r = compress_decode(img->hdr.compression_type, img->zbuf, clen, img->cbuf,
+        r = compress_decode(&img->decoder, img->hdr.compression_type, img->zbuf, clen, img->cbuf,
                             img->cluster_size);
         if (r < 0)
             return QK_CORRUPT(img, "Could not decompress the %s cluster at host offset %#llx",
