@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "imgcommon.h"
 #include "util.h"
 
 #define CMP_BUF_SIZE (2u << 20) /* qemu-img's IO_BUF_SIZE */
@@ -232,7 +233,7 @@ int cmd_compare(int argc, char **argv)
         case 'q': st.quiet = 1; break;
         case 's': strict = 1; break;
         case 'U': flags |= QK_OPEN_FORCE_SHARE; break;
-        default: return cli_bad_option(c, argv);
+        default: return cli_bad_option(argv, optind, c == ':');
         }
     }
     if (st.quiet)
@@ -242,7 +243,7 @@ int cmd_compare(int argc, char **argv)
 
     for (int i = 0; i < 2; i++) {
         st.s[i].name = argv[optind + i];
-        if (cli_open(&st.s[i].img, st.s[i].name, fmt[i], flags) < 0) {
+        if (cli_open_image(&st.s[i].img, st.s[i].name, fmt[i], flags) < 0) {
             rc = 2;
             goto out;
         }

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "imgcommon.h"
 #include "util.h"
 
 #define CONV_CHUNK (2u << 20)     /* bytes read per request */
@@ -211,6 +212,23 @@ static int count_data(conv *c)
     return 0;
 }
 
+/* One more handle on SRC for a worker; the first open already printed any
+ * open-time warnings, so this one stays quiet unless it fails. */
+static int open_quiet(qk_image **out, conv *c)
+{
+    unsigned flags = c->open_flags;
+    int rc;
+
+    *out = NULL;
+    cli_format_flags(c->fmt, &flags);
+    if ((rc = qk_image_new(out)) == 0 && (rc = qk_open(*out, c->src, flags)) == 0)
+        return 0;
+    cli_error("Could not open '%s': %s", c->src, cli_errstr(*out, rc));
+    qk_close(*out);
+    *out = NULL;
+    return -1;
+}
+
 static int default_threads(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -230,7 +248,7 @@ static int run_copy(conv *c, int nthreads)
         nthreads = (int)(c->size / CONV_CHUNK + 1);
     for (int i = 0; i < nthreads; i++) {
         w[i].c = c;
-        if (cli_open(&w[i].img, c->src, c->fmt, c->open_flags) < 0 ||
+        if (open_quiet(&w[i].img, c) < 0 ||
             !(w[i].buf = aligned_alloc(4096, CONV_CHUNK))) {
             rc = -1;
             nthreads = i + 1;
@@ -277,7 +295,7 @@ int cmd_convert(int argc, char **argv)
     conv c;
     const char *out_fmt = "raw";
     int progress = 0, quiet = 0, nthreads = default_threads(), opt, rc = 1;
-    unsigned dummy;
+    unsigned dummy = 0;
 
     memset(&c, 0, sizeof c);
     c.fd = -1;
@@ -302,7 +320,7 @@ int cmd_convert(int argc, char **argv)
             nthreads = (int)n;
             break;
         }
-        case ':': case '?': return cli_bad_option(opt, argv);
+        case ':': case '?': return cli_bad_option(argv, optind, opt == ':');
         default:
             cli_error("convert: option -%c is not supported yet", opt);
             return 1;
@@ -332,7 +350,7 @@ int cmd_convert(int argc, char **argv)
         cli_error("Could not open '%s': Unknown driver '%s'", c.src, c.fmt);
         return 1;
     }
-    if (cli_open(&c.scan, c.src, c.fmt, c.open_flags) < 0)
+    if (cli_open_image(&c.scan, c.src, c.fmt, c.open_flags) < 0)
         return 1;
     c.size = qk_size(c.scan);
     pthread_mutex_init(&c.lock, NULL);

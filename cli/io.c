@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "imgcommon.h"
 #include "util.h"
 
 /* BDRV_REQUEST_MAX_BYTES: qemu-io refuses longer requests. */
@@ -465,24 +466,22 @@ int cmd_io(int argc, char **argv)
         case 'r': flags &= ~QK_OPEN_RDWR; break;
         case 'U': flags |= QK_OPEN_FORCE_SHARE; break;
         case 'h': io_usage(stdout); free(cmds); return 0;
-        default: free(cmds); return cli_bad_option(c, argv);
+        default: free(cmds); return cli_bad_option(argv, optind, c == ':');
         }
     }
     if (optind != argc - 1) {
         free(cmds);
         return cli_usage_error("io: expecting one image file name");
     }
-    if (cli_format_flags(fmt, &(unsigned){ 0 }) < 0) {
+    if (cli_format_flags(fmt, &flags) < 0) {
         cli_error("can't open device %s: Unknown driver '%s'", argv[optind], fmt);
         free(cmds);
         return 1;
     }
     {
-        unsigned fflags;
         int rc = qk_image_new(&ctx.img);
-        cli_format_flags(fmt, &fflags);
         if (rc == 0)
-            rc = qk_open(ctx.img, argv[optind], flags | fflags);
+            rc = qk_open(ctx.img, argv[optind], flags);
         if (rc < 0) {
             cli_error("can't open device %s: %s", argv[optind], cli_errstr(ctx.img, rc));
             qk_close(ctx.img);

@@ -1,8 +1,7 @@
 /*
  * util.c - helpers shared by qcowkit subcommands (see util.h): qemu's size
  * syntax (qemu_strtosz, QEMU 7.2 util/cutils.c), qemu-img's progress meter
- * (util/qemu-progress.c), opening an image by format name with qemu-img's
- * error wording, and zero detection.
+ * (util/qemu-progress.c), error words for a handle, and zero detection.
  *
  * Invariants:
  *  1. cli_parse_size accepts exactly what qemu-img/qemu-io 7.2 accept and
@@ -11,8 +10,6 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,18 +137,6 @@ void cli_progress_end(cli_progress *p)
         printf("\n");
 }
 
-int cli_format_flags(const char *fmt, unsigned *flags)
-{
-    if (!fmt)
-        *flags = 0;
-    else if (!strcmp(fmt, "qcow2"))
-        *flags = QK_OPEN_FMT_QCOW2;
-    else if (!strcmp(fmt, "raw"))
-        *flags = QK_OPEN_FMT_RAW;
-    else
-        return -1;
-    return 0;
-}
 
 const char *cli_errstr(const qk_image *img, int code)
 {
@@ -159,31 +144,6 @@ const char *cli_errstr(const qk_image *img, int code)
     return m && *m ? m : qk_strerror(code);
 }
 
-int cli_open(qk_image **out, const char *path, const char *fmt, unsigned flags)
-{
-    qk_image *img = NULL;
-    unsigned fflags;
-    int rc;
-
-    *out = NULL;
-    if (cli_format_flags(fmt, &fflags) < 0) {
-        cli_error("Could not open '%s': Unknown driver '%s'", path, fmt);
-        return QK_E_INVALID;
-    }
-    rc = qk_image_new(&img);
-    if (rc < 0) {
-        cli_error("Could not open '%s': %s", path, qk_strerror(rc));
-        return rc;
-    }
-    rc = qk_open(img, path, flags | fflags);
-    if (rc < 0) {
-        cli_error("Could not open '%s': %s", path, cli_errstr(img, rc));
-        qk_close(img);
-        return rc;
-    }
-    *out = img;
-    return 0;
-}
 
 int cli_is_zero(const void *buf, size_t len)
 {
@@ -197,21 +157,3 @@ int cli_is_zero(const void *buf, size_t len)
     return len <= 16 || !memcmp(p, p + 16, len - 16);
 }
 
-int cli_usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("qcowkit: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\nTry 'qcowkit --help' for more information\n", stderr);
-    return 1;
-}
-
-int cli_bad_option(int c, char **argv)
-{
-    if (c == ':')
-        return cli_usage_error("missing argument for option '%s'", argv[optind - 1]);
-    return cli_usage_error("unrecognized option '%s'", argv[optind - 1]);
-}

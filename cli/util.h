@@ -1,7 +1,8 @@
 /*
  * util.h - small helpers shared by qcowkit subcommands: qemu-style size
- * parsing, the qemu-img progress meter, opening an image by format name,
- * and zero detection in buffers. Owned by the convert/compare/io helper;
+ * parsing, the qemu-img progress meter, error words for a handle, and zero
+ * detection in buffers. Usage errors, option errors and opening an image by
+ * format name are in imgcommon.h. Owned by the convert/compare/io helper;
  * other subcommands may use it.
  */
 #ifndef QK_CLI_UTIL_H
@@ -41,32 +42,10 @@ void cli_progress_print(cli_progress *p, float delta, int max);
 /* Final newline after the last progress line. */
 void cli_progress_end(cli_progress *p);
 
-/*
- * Translate a qemu-img format name (NULL = probe) into qk_open flags.
- * Returns 0, or -1 if the name is unknown.
- */
-int cli_format_flags(const char *fmt, unsigned *flags);
-
-/*
- * Allocate a handle and open PATH with FMT (NULL = probe) and FLAGS.
- * On failure prints "qcowkit: Could not open 'PATH': <why>" (qemu-img's
- * wording) and returns the negative code; *out is then NULL.
- */
-int cli_open(qk_image **out, const char *path, const char *fmt, unsigned flags);
-
 /* Words for the last failure on IMG: its message, or qk_strerror(code). */
 const char *cli_errstr(const qk_image *img, int code);
 
 /* 1 if the LEN bytes at BUF are all zero. */
 int cli_is_zero(const void *buf, size_t len);
-
-/* "qcowkit: MSG" then "Try 'qcowkit --help' for more information" (qemu-img's
- * error_exit); returns 1, the exit status qemu-img uses for usage errors. */
-int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* qemu-img's reaction to getopt returning ':' or '?' (optstring starting
- * with ':'): "missing argument for option '-x'" or "unrecognized option
- * '-x'" as a usage error. Returns 1. */
-int cli_bad_option(int c, char **argv);
 
 #endif
