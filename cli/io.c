@@ -435,7 +435,7 @@ static void io_usage(FILE *f)
                "                       read from standard input, one per line\n"
                "  -f, --format FMT     image format: qcow2 or raw (default: probe)\n"
                "  -r, --read-only      open the image read-only\n"
-               "  -U, --force-share    open without refusing other users (implies nothing else)\n"
+               "  -U, --force-share    open without refusing other users (needs -r)\n"
                "  -h, --help           show this help\n\n"
                "Run 'qcowkit io -c help IMG' for the commands.\n");
 }
@@ -472,6 +472,11 @@ int cmd_io(int argc, char **argv)
     if (optind != argc - 1) {
         free(cmds);
         return cli_usage_error("io: expecting one image file name");
+    }
+    if ((flags & QK_OPEN_FORCE_SHARE) && (flags & QK_OPEN_RDWR)) {
+        cli_error("can't open device %s: force-share=on can only be used with read-only images", argv[optind]);
+        free(cmds);
+        return 1;
     }
     if (cli_format_flags(fmt, &flags) < 0) {
         cli_error("can't open device %s: Unknown driver '%s'", argv[optind], fmt);

@@ -130,6 +130,11 @@ setup() {
     same_io -r -c 'read -P 0xab 0 64k' a.qcow2
 }
 
+@test "io: -U needs -r" {
+    same_io -U -c 'read 0 1' a.qcow2
+    same_io -r -U -c 'read 0 1' a.qcow2
+}
+
 @test "io: -f raw reads the file itself" {
     same_io -f raw -c 'read -v 0 16' a.qcow2
 }
