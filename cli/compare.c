@@ -99,7 +99,8 @@ static int read_side(cmp_side *sd, void *buf, uint64_t off, uint64_t len)
     int rc = qk_pread(sd->img, buf, len, off);
     if (rc < 0) {
         cli_error("Error while reading offset %llu of %s: %s", (unsigned long long)off, sd->name,
-                  rc > -1000 ? strerror(-rc) : cli_errstr(sd->img, rc));
+                  cli_io_strerror(rc));
+        cli_io_detail(sd->img, rc);
         return 4;
     }
     return 0;

@@ -179,7 +179,12 @@ static void *worker_main(void *arg)
     while (take_chunk(c, &start, &len)) {
         int rc = qk_pread(w->img, w->buf, len, start);
         if (rc < 0) {
-            fail(c, "reading", start, rc > -1000 ? strerror(-rc) : cli_errstr(w->img, rc));
+            pthread_mutex_lock(&c->lock);
+            if (!c->failed) {
+                fail_locked(c, "reading", start, cli_io_strerror(rc));
+                cli_io_detail(w->img, rc);
+            }
+            pthread_mutex_unlock(&c->lock);
             break;
         }
         if (write_nonzero(c, w->buf, start, len) < 0)

@@ -171,14 +171,6 @@ static void usage_of(const io_cmd *c)
     printf("%s %s -- %s\n", c->name, c->args, c->oneline);
 }
 
-/* Words for a failed request, as qemu-io's strerror(-ret). */
-static const char *io_strerror(io_ctx *ctx, int rc)
-{
-    if (rc > -1000)
-        return strerror(-rc);
-    return cli_errstr(ctx->img, rc);
-}
-
 /* ---- read ---- */
 
 static void read_help(void)
@@ -276,7 +268,9 @@ static int read_f(io_ctx *ctx, int argc, char **argv)
         rc = count ? qk_pread(ctx->img, buf, (uint64_t)count, (uint64_t)offset) : 0;
     clock_gettime(CLOCK_MONOTONIC, &t2);
     if (rc < 0) {
-        printf("read failed: %s\n", io_strerror(ctx, rc));
+        printf("read failed: %s\n", cli_io_strerror(rc));
+        fflush(stdout);
+        cli_io_detail(ctx->img, rc);
         goto out;
     }
     if (pflag && pcount > 0) {

@@ -192,3 +192,12 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
 @test "compare: unknown option is a usage error" {
     same_img compare -x a b
 }
+
+@test "compare: a read error exits 4" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -c -P 0x55 0 64k'
+    corrupt_first_compressed a.qcow2
+    same_img compare a.qcow2 a.qcow2 || true
+    [[ $k_rc == 4 && $q_rc == 4 ]]
+    [[ ${k_err%%$'\n'*} == "$q_err" ]]
+}

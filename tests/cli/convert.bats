@@ -206,3 +206,12 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
     same_img convert -x a b
     same_img convert -O
 }
+
+@test "convert: a cluster that cannot be read is an I/O error" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -c -P 0x55 0 64k'
+    corrupt_first_compressed a.qcow2
+    same_img convert -O raw a.qcow2 out.raw || true
+    [[ $k_rc == 1 && $q_rc == 1 ]]
+    [[ ${k_err%%$'\n'*} == "$q_err" ]]
+}

@@ -165,3 +165,10 @@ setup() {
     run "$QCOWKIT" io -c 'help read' a.qcow2
     [[ ${lines[0]} == "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset" ]]
 }
+
+@test "io: a read error prints qemu-io's message" {
+    qemu-img convert -c -O qcow2 a.qcow2 c.qcow2
+    corrupt_first_compressed c.qcow2
+    same_io -c 'read 0 4k' -c 'read -P 0x41 64k 16' c.qcow2 || true
+    [[ $k_out == "$q_out" && $k_rc == 1 ]]
+}

@@ -89,3 +89,21 @@ same_convert() {
 allocated_kib() {
     du -k "$1" | cut -f1
 }
+
+# be64 FILE OFFSET: the big-endian u64 at OFFSET of FILE (as bash's signed
+# 64-bit arithmetic holds it).
+be64() {
+    echo $(( 16#$(od -An -tx1 -j "$2" -N8 "$1" | tr -d ' \n') ))
+}
+
+# corrupt_first_compressed IMG: overwrite the start of the compressed data
+# of guest cluster 0 (64 KiB clusters) with 0xff bytes, so it cannot inflate.
+corrupt_first_compressed() {
+    local img=$1 l1 l2 e off
+    l1=$(be64 "$img" 40)
+    l2=$(( $(be64 "$img" "$l1") & 0x00fffffffffffe00 ))
+    e=$(be64 "$img" "$l2")
+    (( (e >> 62) & 1 )) || { echo "guest cluster 0 of $img is not compressed" >&2; return 1; }
+    off=$(( e & ((1 << 54) - 1) ))
+    head -c 64 /dev/zero | tr '\0' '\377' | dd of="$img" bs=1 seek="$off" conv=notrunc status=none
+}
