@@ -73,6 +73,19 @@ static void fail_locked(conv *c, const char *what, uint64_t off, const char *why
     c->failed = 1;
 }
 
+/* Block status failed at OFF (qemu-img's words count 512-byte sectors). */
+static void fail_status_locked(conv *c, uint64_t off, int rc)
+{
+    if (rc >= 0)
+        rc = -EIO; /* an empty extent */
+    if (!c->failed) {
+        cli_error("error while reading block status of sector %llu: %s", (unsigned long long)(off / 512),
+                  cli_io_strerror(rc));
+        cli_io_detail(c->scan, rc);
+    }
+    c->failed = 1;
+}
+
 static void fail(conv *c, const char *what, uint64_t off, const char *why)
 {
     pthread_mutex_lock(&c->lock);
@@ -89,13 +102,13 @@ static int take_chunk(conv *c, uint64_t *start, uint64_t *len)
 {
     qk_extent e;
     uint64_t pos, limit;
-    int got = 0;
+    int got = 0, rc = 0;
 
     pthread_mutex_lock(&c->lock);
     pos = c->cursor;
     while (!c->failed && pos < c->size) {
-        if (qk_block_status(c->scan, pos, c->size - pos, &e) < 0 || e.length == 0) {
-            fail_locked(c, "reading block status", pos, cli_errstr(c->scan, -EIO));
+        if ((rc = qk_block_status(c->scan, pos, c->size - pos, &e)) < 0 || e.length == 0) {
+            fail_status_locked(c, pos, rc);
             break;
         }
         if (!reads_zero(&e))
@@ -107,8 +120,8 @@ static int take_chunk(conv *c, uint64_t *start, uint64_t *len)
         limit = c->size - pos > CONV_CHUNK ? pos + CONV_CHUNK : c->size;
         pos = e.length < limit - pos ? pos + e.length : limit;
         while (pos < limit) {
-            if (qk_block_status(c->scan, pos, limit - pos, &e) < 0 || e.length == 0) {
-                fail_locked(c, "reading block status", pos, cli_errstr(c->scan, -EIO));
+            if ((rc = qk_block_status(c->scan, pos, limit - pos, &e)) < 0 || e.length == 0) {
+                fail_status_locked(c, pos, rc);
                 break;
             }
             if (reads_zero(&e))
@@ -203,10 +216,13 @@ static void *worker_main(void *arg)
 static int count_data(conv *c)
 {
     qk_extent e;
+    int rc;
 
     for (uint64_t pos = 0; pos < c->size; pos += e.length) {
-        if (qk_block_status(c->scan, pos, c->size - pos, &e) < 0 || e.length == 0) {
-            fail(c, "reading block status", pos, cli_errstr(c->scan, -EIO));
+        if ((rc = qk_block_status(c->scan, pos, c->size - pos, &e)) < 0 || e.length == 0) {
+            pthread_mutex_lock(&c->lock);
+            fail_status_locked(c, pos, rc);
+            pthread_mutex_unlock(&c->lock);
             return -1;
         }
         if (!reads_zero(&e))
