@@ -269,8 +269,12 @@ static int run_copy(conv *c, int nthreads)
         nthreads = (int)(c->size / CONV_CHUNK + 1);
     for (int i = 0; i < nthreads; i++) {
         w[i].c = c;
-        if (open_quiet(&w[i].img, c) < 0 ||
-            !(w[i].buf = aligned_alloc(4096, CONV_CHUNK))) {
+        int ok = open_quiet(&w[i].img, c) == 0;
+        if (ok && !(w[i].buf = aligned_alloc(4096, CONV_CHUNK))) {
+            cli_error("%s", strerror(ENOMEM));
+            ok = 0;
+        }
+        if (!ok) {
             rc = -1;
             nthreads = i + 1;
             goto out;
