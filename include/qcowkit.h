@@ -75,6 +75,7 @@ enum qk_format {
 #define QK_OPEN_FORCE_SHARE  0x0002u /**< like qemu-img -U: take no refusal locks */
 #define QK_OPEN_NO_BACKING   0x0004u /**< do not open backing files (reads of unallocated ranges return zeros) */
 #define QK_OPEN_NO_LOCK      0x0008u /**< take no locks at all */
+#define QK_OPEN_UNSAFE       0x0010u /**< never flush to disk (qemu-img -t unsafe): fast, but a crash may corrupt the image; for filling new images */
 #define QK_OPEN_FMT_QCOW2    0x0100u /**< the file must be qcow2 (else QK_E_NOT_FORMAT) */
 #define QK_OPEN_FMT_RAW      0x0200u /**< treat the file as raw */
 
@@ -128,6 +129,53 @@ typedef struct qk_extent {
 QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext);
 
 /* ------------------------------------------------------------------ */
+/* Writing (handles opened with QK_OPEN_RDWR) */
+
+/** Write LEN bytes of guest data at OFFSET. The data is durable after the
+ *  next successful qk_flush() or qk_close(). */
+QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offset);
+
+#define QK_ZERO_MAY_UNMAP 0x1u /**< the range may be deallocated (like qemu-io write -z -u) */
+
+/** Make LEN bytes at OFFSET read as zeros, without writing zero data where
+ *  the format can record it (v3 zero clusters). */
+QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsigned flags);
+
+/** Discard LEN bytes at OFFSET: whole clusters are deallocated (they read as
+ *  zeros on v3 images, as the backing file on v2 images with one), partial
+ *  clusters are left as they are, as QEMU does. */
+QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset);
+
+/** Compress one cluster of guest data (LEN bytes at OFFSET, cluster
+ *  aligned; the last cluster of the disk may be shorter) and store it as a
+ *  compressed cluster, replacing what the cluster held. If it does not
+ *  compress below the cluster size it is written uncompressed, as QEMU does. */
+QK_API int qk_pwrite_compressed(qk_image *img, const void *buf, uint64_t len, uint64_t offset);
+
+/** Compress IN with compression TYPE (0 zlib raw deflate with a 4 KiB window,
+ *  1 zstd) into OUT, which holds *OUTLEN bytes; *OUTLEN gets the size made.
+ *  -ENOSPC if it does not fit. Thread-safe, no handle: for compressing on
+ *  worker threads before qk_pwrite_compressed_data(). */
+QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen);
+
+/** Store DATA (LEN bytes made by qk_compress() with the image's compression
+ *  type from one full cluster of guest data) as the compressed cluster at
+ *  guest OFFSET (cluster aligned). */
+QK_API int qk_pwrite_compressed_data(qk_image *img, const void *data, size_t len, uint64_t offset);
+
+/** The image's compression type (0 zlib, 1 zstd) and cluster size. */
+QK_API int qk_compression_type(const qk_image *img);
+QK_API uint32_t qk_cluster_size(const qk_image *img);
+
+#define QK_RESIZE_SHRINK 0x1u /**< allow the size to go down (data past it is lost) */
+
+/** Change the virtual size to SIZE (a multiple of 512), as `qemu-img resize`. */
+QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags);
+
+/** Write all cached metadata in a crash-safe order and flush the file. */
+QK_API int qk_flush(qk_image *img);
+
+/* ------------------------------------------------------------------ */
 /* Information */
 
 typedef struct qk_snapshot_info {
@@ -151,6 +199,7 @@ typedef struct qk_bitmap_info {
     unsigned flags;        /**< on-disk flags: QK_BITMAP_* */
     int consistent;        /**< 1 if the bitmap can be used */
     char *reason;          /**< why it is inconsistent (NULL when consistent) */
+    uint64_t dirty_bytes;  /**< bytes marked dirty (qk_bitmap_list only; 0 if inconsistent) */
 } qk_bitmap_info;
 
 typedef struct qk_info {
@@ -190,6 +239,45 @@ QK_API qk_image *qk_backing(qk_image *img);
 
 /** The file name IMG was opened with (borrowed). */
 QK_API const char *qk_filename(const qk_image *img);
+
+/* ------------------------------------------------------------------ */
+/* Persistent dirty bitmaps (the qcow2 bitmaps extension)
+ *
+ * Bitmaps are loaded when first used. An image opened read-write marks its
+ * consistent bitmaps in_use on disk before the first guest write; from then
+ * on every write, zero write and discard sets the bits it touches in every
+ * enabled bitmap, and qk_close() stores them (new data, table and directory,
+ * then the header switch, then the old clusters are freed). A bitmap found
+ * in_use, or breaking a rule of the spec, is inconsistent: it is listed with
+ * the reason and may only be removed. */
+
+#define QK_BITMAP_ADD_DISABLED 0x1u /**< qk_bitmap_add: create it disabled */
+
+/** List the bitmaps, consistent or not, with their dirty byte counts. */
+QK_API int qk_bitmap_list(qk_image *img, qk_bitmap_info **out, size_t *count);
+QK_API void qk_bitmap_list_free(qk_bitmap_info *list, size_t count);
+
+/** Add an empty bitmap. GRANULARITY is a power of two from 512 B to 2 GiB,
+ *  or 0 for the default (the cluster size clamped to 4 KiB..64 KiB). */
+QK_API int qk_bitmap_add(qk_image *img, const char *name, uint64_t granularity, unsigned flags);
+/** Remove a bitmap (consistent or not) and free its clusters. */
+QK_API int qk_bitmap_remove(qk_image *img, const char *name);
+/** Clear every bit. */
+QK_API int qk_bitmap_clear(qk_image *img, const char *name);
+/** Start (enable) or stop (disable) tracking writes. */
+QK_API int qk_bitmap_enable(qk_image *img, const char *name);
+QK_API int qk_bitmap_disable(qk_image *img, const char *name);
+/** DST |= SRC. SRC_IMG may be IMG itself or another open image of the same
+ *  virtual size or larger; granularities may differ. */
+QK_API int qk_bitmap_merge(qk_image *img, const char *dst, qk_image *src_img, const char *src);
+
+/** Called for each run of equal state; a non-zero return stops the walk
+ *  and is returned by qk_bitmap_extents(). */
+typedef int (*qk_extent_fn)(void *opaque, uint64_t offset, uint64_t length, int dirty);
+/** Walk [OFFSET, OFFSET+LENGTH) of bitmap NAME in runs of equal state,
+ *  adjacent runs of the same state merged. */
+QK_API int qk_bitmap_extents(qk_image *img, const char *name, uint64_t offset, uint64_t length,
+                             qk_extent_fn fn, void *opaque);
 
 /* ------------------------------------------------------------------ */
 /* Creating */

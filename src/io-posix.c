@@ -16,6 +16,7 @@
 struct io_posix {
     qk_io base;
     int fd;
+    int nosync;
 };
 
 static int posix_pread(qk_io *io, void *buf, size_t len, uint64_t off)
@@ -65,6 +66,8 @@ static int posix_pwrite(qk_io *io, const void *buf, size_t len, uint64_t off)
 static int posix_flush(qk_io *io)
 {
     struct io_posix *p = (struct io_posix *)io;
+    if (p->nosync)
+        return 0;
     return fdatasync(p->fd) < 0 ? -errno : 0;
 }
 
@@ -141,6 +144,24 @@ static int posix_allocated_size(qk_io *io, uint64_t *size)
     return 0;
 }
 
+static int posix_lock_byte(qk_io *io, uint64_t off)
+{
+    struct io_posix *p = (struct io_posix *)io;
+    struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1 };
+    if (fcntl(p->fd, F_OFD_SETLK, &fl) < 0)
+        return errno == EINVAL ? 0 : -errno;   /* no OFD locks here: QEMU's locking=auto skips too */
+    return 0;
+}
+
+static int posix_lock_test(qk_io *io, uint64_t off)
+{
+    struct io_posix *p = (struct io_posix *)io;
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1 };
+    if (fcntl(p->fd, F_OFD_GETLK, &fl) < 0)
+        return errno == EINVAL ? 0 : -errno;
+    return fl.l_type != F_UNLCK;
+}
+
 static void posix_close(qk_io *io)
 {
     struct io_posix *p = (struct io_posix *)io;
@@ -157,6 +178,8 @@ static const struct qk_io_ops posix_ops = {
     .punch_hole = posix_punch_hole,
     .data_status = posix_data_status,
     .allocated_size = posix_allocated_size,
+    .lock_byte = posix_lock_byte,
+    .lock_test = posix_lock_test,
     .close = posix_close,
 };
 
@@ -175,6 +198,7 @@ int io_posix_open(qk_io **out, const char *path, int mode, int create)
     }
     p->base.ops = &posix_ops;
     p->fd = fd;
+    p->nosync = (mode & QK_IO_NOSYNC) != 0;
     *out = &p->base;
     return 0;
 }
