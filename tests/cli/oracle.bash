@@ -107,3 +107,20 @@ corrupt_first_compressed() {
     off=$(( e & ((1 << 54) - 1) ))
     head -c 64 /dev/zero | tr '\0' '\377' | dd of="$img" bs=1 seek="$off" conv=notrunc status=none
 }
+
+# same_io_write IMG ARGS...: run `qemu-io ARGS` on a copy of IMG and
+# `qcowkit io ARGS` on another copy; they must print the same (as same_io)
+# and leave images with the same guest contents, the qcowkit one passing
+# `qemu-img check`. The copies stay as q-IMG and k-IMG.
+same_io_write() {
+    local img=$1
+    shift
+    cp "$img" "q-$img"
+    cp "$img" "k-$img"
+    _run_pair qemu-io "$@" "q-$img" -- "$QCOWKIT" io "$@" "k-$img"
+    k_out=${k_out//k-$img/q-$img}
+    k_err=${k_err//k-$img/q-$img}
+    _assert_pair
+    qemu-img compare "q-$img" "k-$img" >/dev/null || { echo "contents differ" >&2; return 1; }
+    qemu-img check -q "k-$img" || { echo "qemu-img check failed on k-$img" >&2; return 1; }
+}
