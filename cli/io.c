@@ -12,9 +12,11 @@
  *  2. Messages go where qemu-io sends them: results, "read failed: ...",
  *     pattern and parsing errors on stdout; unknown commands, bad argument
  *     counts and getopt complaints on stderr.
- *  3. A command is one table entry: adding write/discard/flush/map means
- *     adding a function and a row, nothing else (rows with `needs_write`
- *     are refused on a read-only handle, as qemu-io does).
+ *  3. A command is one table entry: adding one (aio_*, alloc, truncate...)
+ *     means adding a function and a row, nothing else (rows with
+ *     `needs_write` are refused on a read-only handle, as qemu-io does).
+ *  4. A write, zero write or discard outside [0, size] fails with -EIO
+ *     before reaching the library, like QEMU's blk_check_byte_request.
  */
 #include <ctype.h>
 #include <errno.h>
