@@ -23,16 +23,25 @@ endif
 
 HAVE_ZSTD := $(shell pkg-config --exists libzstd 2>/dev/null && echo 1)
 ifeq ($(HAVE_ZSTD),1)
-ZSTD_CFLAGS := -DQK_HAVE_ZSTD $(shell pkg-config --cflags libzstd)
-ZSTD_LIBS := $(shell pkg-config --libs libzstd)
+CODEC_CFLAGS := -DQK_HAVE_ZSTD $(shell pkg-config --cflags libzstd)
+CODEC_LIBS := $(shell pkg-config --libs libzstd)
 else
 $(info qcowkit: libzstd not found; building without zstd support (apt-get install libzstd-dev))
 endif
 
+HAVE_LIBDEFLATE := $(shell pkg-config --exists libdeflate 2>/dev/null && echo 1)
+ifeq ($(HAVE_LIBDEFLATE),1)
+CODEC_CFLAGS += -DQK_HAVE_LIBDEFLATE $(shell pkg-config --cflags libdeflate)
+CODEC_LIBS += $(shell pkg-config --libs libdeflate)
+endif
+
+# bats runs files in parallel only with GNU parallel installed.
+BATS_JOBS := $(shell command -v parallel >/dev/null 2>&1 && echo --jobs 2)
+
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
 BASECFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -Iinclude
-LIBCFLAGS := $(BASECFLAGS) -fPIC -fvisibility=hidden -DQK_BUILDING_LIBRARY $(ZSTD_CFLAGS)
-LIBS := -lz $(ZSTD_LIBS) -lpthread
+LIBCFLAGS := $(BASECFLAGS) -fPIC -fvisibility=hidden -DQK_BUILDING_LIBRARY $(CODEC_CFLAGS)
+LIBS := -lz $(CODEC_LIBS) -lpthread
 LDFLAGS_ALL := $(SANFLAGS)
 
 LIB_SRC := $(wildcard src/*.c)
@@ -76,18 +85,23 @@ $(B)/qcowkit.pc: qcowkit.pc.in Makefile
 # Unit tests link the library's objects directly so they can reach src/ internals.
 $(B)/tests/%: tests/unit/%.c $(LIB_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASECFLAGS) $(ZSTD_CFLAGS) -Isrc -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
+	$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 peers:
-	@tests/install-peers.sh
+	@bash tests/install-peers.sh
 
-# Each bats suite gets the CLI under test through QCOWKIT.
-check: all peers $(UNIT_BIN)
+# The peers are installed first, then a fresh make sees the libraries they
+# brought (zstd, libdeflate, cmocka). Each bats suite gets the CLI under
+# test through QCOWKIT.
+check: peers
+	@$(MAKE) --no-print-directory check-run
+
+check-run: all $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
-	QCOWKIT=$(abspath $(CLI)) bats --jobs 2 tests/cli tests/corrupt tests/interop
+	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop
 
 demo: all
 	@QCOWKIT=$(abspath $(CLI)) sh tools/demo.sh
@@ -111,4 +125,5 @@ install: all
 clean:
 	rm -rf build build-san
 
-.PHONY: all unit peers check demo bench install clean
+
+.PHONY: all unit peers check check-run demo bench install clean

@@ -18,6 +18,7 @@
  *     h->bitmaps_ext_error, and bitmap.c reports every bitmap inconsistent.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 

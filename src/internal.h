@@ -100,14 +100,28 @@ void qk_add_warning(qk_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 #define QK_CORRUPT(img, ...) qk_set_error((img), QK_E_CORRUPT, __VA_ARGS__)
 
-/* ---- cache.c: L2 table cache ------------------------------------------- */
+/* ---- cache.c: L2 table and refcount block cache ------------------------- */
 
 struct qk_cache;
-int cache_new(struct qk_cache **out, size_t table_size, size_t nb_tables);
+int cache_new(struct qk_cache **out, qk_io *io, size_t table_size, size_t nb_tables);
 void cache_free(struct qk_cache *c);
-/* Get the table at host OFFSET (read through IO on a miss). The pointer stays
- * valid until the next cache_get on the same cache. */
-int cache_get(struct qk_cache *c, qk_io *io, uint64_t offset, const uint8_t **table);
+/* Get the table at host OFFSET (read on a miss). The pointer stays valid
+ * until the next cache_get* on the same cache. */
+int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table);
+/* The same, for modification: the table is marked dirty. */
+int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* A new all-zero dirty table at OFFSET (nothing is read). */
+int cache_get_empty(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* Drop the table at OFFSET without writing it (its cluster was freed). */
+void cache_forget(struct qk_cache *c, uint64_t offset);
+/* Before C writes a table, DEP's dirty tables are written and the file flushed. */
+void cache_set_dependency(struct qk_cache *c, struct qk_cache *dep);
+/* Before C writes a table, the file is flushed. */
+void cache_depends_on_flush(struct qk_cache *c);
+/* Write every dirty table (honouring dependencies), without a final flush. */
+int cache_write_dirty(struct qk_cache *c);
+/* cache_write_dirty() then flush the file. */
+int cache_flush(struct qk_cache *c);
 
 /* ---- cluster.c: guest -> host mapping ----------------------------------- */
 
@@ -120,10 +134,10 @@ enum qk_ctype {
 
 struct qk_map {
     enum qk_ctype type;
-    uint64_t host;        /* NORMAL: host offset of the guest offset; COMPRESSED: descriptor offset */
+    uint64_t host;        /* host offset of the guest offset when has_host; COMPRESSED: data offset */
+    int has_host;         /* NORMAL, ZERO with allocation, or an unallocated subcluster of an allocated cluster */
     uint64_t clen;        /* COMPRESSED: bytes of compressed data */
     uint64_t len;         /* bytes from the guest offset with this same status and contiguous host */
-    int zero_alloc;       /* CT_ZERO with an allocated cluster behind it */
 };
 
 /* Map guest OFFSET..OFFSET+LEN of a qcow2 image: returns the status of the
@@ -134,8 +148,12 @@ int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
 
 /* Inflate SRC (exactly SLEN bytes) into DST (exactly DLEN bytes) with the
  * image's compression type. Fails with QK_E_CORRUPT unless exactly DLEN bytes
- * come out. */
-int compress_decode(int type, const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
+ * come out. *DEC holds reusable decoder state (made on first use, NULL
+ * before; released with compress_decoder_free). */
+struct qk_decoder;
+int compress_decode(struct qk_decoder **dec, int type, const uint8_t *src, size_t slen,
+                    uint8_t *dst, size_t dlen);
+void compress_decoder_free(struct qk_decoder *dec);
 
 /* ---- snapshot.c -------------------------------------------------------- */
 
@@ -167,6 +185,7 @@ struct qk_bitmap {
     uint32_t flags;
     uint8_t type;
     uint8_t gran_bits;
+    uint16_t name_size;
     uint32_t extra_size;
     uint8_t *extra;
     const char *reason;   /* NULL when consistent; a static string otherwise */
@@ -183,6 +202,8 @@ void bitmap_free_all(qk_image *img);
 int backing_open(qk_image *img);
 /* Resolve NAME against the folder of BASE_PATH (malloc'd). */
 char *backing_resolve(const char *base_path, const char *name);
+/* 0 if NAME has a protocol prefix ("nbd:...", "json:..."), else 1. */
+int path_is_plain(const char *name);
 
 /* ---- image.c: the handle ------------------------------------------------ */
 
@@ -215,6 +236,7 @@ struct qk_image {
     uint8_t *cbuf;         /* one-cluster buffer for decompression */
     uint8_t *zbuf;         /* compressed input buffer (2 clusters) */
     uint64_t cbuf_host;    /* descriptor of what cbuf holds, or UINT64_MAX */
+    struct qk_decoder *decoder;
 
     /* snapshots */
     struct qk_snapshot *snapshots;
@@ -232,6 +254,7 @@ struct qk_image {
     char *backing_fmt_used;/* "qcow2" or "raw" */
     int backing_probed;
     int depth;             /* position in the chain, 0 = top */
+    const qk_image *parent;/* the image this one is the backing file of */
     char *data_file_full;
 };
 
