@@ -116,8 +116,7 @@ static json *image_json(const qk_info *in, const char *filename)
 
     json_set(o, "filename", json_string(filename));
     json_set(o, "format", json_string(qcow2 ? "qcow2" : "raw"));
-    if (qcow2)
-        json_set(o, "dirty-flag", json_bool(in->dirty));
+    json_set(o, "dirty-flag", json_bool(qcow2 && in->dirty));
     json_set(o, "actual-size", json_uint(in->actual_size));
     json_set(o, "virtual-size", json_uint(in->virtual_size));
     if (qcow2)
@@ -150,7 +149,7 @@ static void print_snapshot_row(const qk_snapshot_info *s)
 
     if (localtime_r(&t, &tm))
         strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-    snprintf(clock, sizeof clock, "%04d:%02d:%02d.%03d", (int)(secs / 3600),
+    snprintf(clock, sizeof clock, "%02d:%02d:%02d.%03d", (int)(secs / 3600),
              (int)((secs / 60) % 60), (int)(secs % 60),
              (int)((s->vm_clock_nsec / 1000000) % 1000));
     if (s->has_icount)
