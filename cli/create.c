@@ -284,7 +284,7 @@ static void print_formatting(const struct create_args *a)
         if (d->type == T_STRING)
             print_escaped(value);
         else if ((d->type == T_SIZE || d->type == T_NUMBER) && v->set)
-            printf("%llu", (unsigned long long)v->num);
+            printf("%lld", (long long)v->num);  /* qemu prints PRId64 */
         else
             fputs(value, stdout);
         sep = " ";

@@ -472,7 +472,7 @@ static int create_raw(qk_image *img, const char *path, uint64_t size)
     if (r)
         return r;
     if (ck_align_up(size, CR_SECTOR, &rounded) || rounded > INT64_MAX)
-        r = -EFBIG;
+        r = -EINVAL;    /* what ftruncate says to a negative off_t */
     else
         r = grow_new_file(io, rounded);
     if (!r)
@@ -637,7 +637,7 @@ static int create_qcow2(qk_image *img, const char *path, const qk_create_opts *o
         (r = backing_size(img, path, o, &L.size)))
         goto fail;
     if (ck_align_up(L.size, CR_SECTOR, &L.size) || L.size > INT64_MAX) {
-        r = too_large(img, "qcow2", 1);
+        r = qk_set_error(img, QK_E_INVALID, "Could not resize image: Image size cannot be negative");
         goto fail;
     }
     fill_header(&L.hdr, o, cbits, L.size);
