@@ -102,7 +102,10 @@ static json *qcow2_data_json(const qk_info *in, int human)
         json_set(d, "corrupt", json_bool(in->corrupt));
     }
     json_set(d, "refcount-bits", json_int(in->refcount_bits));
-    if (in->version != 2 && in->nb_bitmaps)
+    /* QEMU ignores the bitmaps extension while autoclear bit 0 is clear (and
+     * in v2 images); its JSON then has no bitmaps. We still show them, with
+     * the reason they cannot be used, in human output. */
+    if (in->version != 2 && in->nb_bitmaps && (human || (in->autoclear_features & 1)))
         json_set(d, "bitmaps", bitmaps_json(in, human));
     json_set(d, "compression-type", json_string(in->compression_type ? "zstd" : "zlib"));
     return d;
