@@ -55,7 +55,7 @@ STATIC := $(B)/libqcowkit.a
 SHARED := $(B)/libqcowkit.so.$(VERSION)
 CLI := $(B)/qcowkit
 
-all: $(STATIC) $(SHARED) $(CLI) $(B)/qcowkit.pc
+all: $(STATIC) $(SHARED) $(CLI)
 
 $(B)/src/%.o: src/%.c $(wildcard src/*.h) include/qcowkit.h
 	@mkdir -p $(dir $@)
@@ -78,17 +78,25 @@ $(SHARED): $(LIB_OBJ) src/libqcowkit.map
 $(CLI): $(CLI_OBJ) $(STATIC)
 	$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS) -lm
 
-$(B)/qcowkit.pc: qcowkit.pc.in Makefile
+# Made at install time, so that it names the PREFIX installed to.
+$(B)/qcowkit.pc: qcowkit.pc.in FORCE
 	@mkdir -p $(B)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS@|$(LIBS)|' $< > $@
 
-# Unit tests link the library's objects directly so they can reach src/ internals.
-$(B)/tests/%: tests/unit/%.c $(LIB_OBJ) $(wildcard tests/unit/*.h)
+FORCE:
+
+# Unit tests link the library's objects directly so they can reach src/
+# internals, plus the shared helpers of tests/unit (files not named test_*).
+UNIT_HELPERS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
+$(B)/tests/%: tests/unit/%.c $(UNIT_HELPERS) $(LIB_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
+	$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka
+
+# Every unit binary runs; the target fails at the end if any failed.
+RUN_UNITS = fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
 unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	@$(RUN_UNITS)
 
 peers:
 	@bash tests/install-peers.sh
@@ -100,8 +108,9 @@ check: peers
 	@$(MAKE) --no-print-directory check-run
 
 check-run: all $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
-	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop
+	@unit_rc=0; ($(RUN_UNITS)) || unit_rc=1; \
+	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop || unit_rc=1; \
+	exit $$unit_rc
 
 demo: all
 	@QCOWKIT=$(abspath $(CLI)) sh tools/demo.sh
@@ -109,7 +118,7 @@ demo: all
 bench: all
 	@QCOWKIT=$(abspath $(CLI)) bash bench/run.sh
 
-install: all
+install: all $(B)/qcowkit.pc
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
@@ -126,4 +135,4 @@ clean:
 	rm -rf build build-san
 
 
-.PHONY: all unit peers check check-run demo bench install clean
+.PHONY: FORCE all unit peers check check-run demo bench install clean

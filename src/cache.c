@@ -93,9 +93,18 @@ void cache_free(struct qk_cache *c)
     free(c);
 }
 
-void cache_set_dependency(struct qk_cache *c, struct qk_cache *dep)
+int cache_set_dependency(struct qk_cache *c, struct qk_cache *dep)
 {
+    int r;
+    /* Break cycles as QEMU does: a dependency that itself depends on
+     * something is written out first, and so is C if it depended on
+     * another cache. */
+    if (dep->depends && (r = cache_write_dirty(dep)) < 0)
+        return r;
+    if (c->depends && c->depends != dep && (r = cache_write_dirty(c)) < 0)
+        return r;
     c->depends = dep;
+    return 0;
 }
 
 void cache_depends_on_flush(struct qk_cache *c)
@@ -132,6 +141,8 @@ static int write_slot(struct qk_cache *c, uint32_t s)
     int r = write_barrier(c);
     if (r < 0)
         return r;
+    if (!c->slots[s].dirty)
+        return 0;                /* written while honouring a dependency */
     if ((r = io_pwrite(c->io, slot_data(c, s), c->table_size, c->slots[s].offset)) < 0)
         return r;
     c->slots[s].dirty = 0;
@@ -232,6 +243,11 @@ static int get_slot(struct qk_cache *c, uint64_t offset, int read, uint32_t *out
     c->buckets[b] = s;
     *out = s;
     return 0;
+}
+
+int cache_contains(const struct qk_cache *c, uint64_t offset)
+{
+    return find_slot(c, offset) != NO_SLOT;
 }
 
 int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table)

@@ -17,6 +17,8 @@
  *     of host contiguity, or at the end of the L2 table.
  */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "checked.h"
 #include "endian.h"
@@ -111,14 +113,18 @@ static int classify(qk_image *img, const uint8_t *l2, uint32_t l2_index, uint32_
     return 0;
 }
 
-static int compressed_range(qk_image *img, uint64_t e, struct qk_map *m)
+void compressed_extent(const qk_image *img, uint64_t e, uint64_t *coff, uint64_t *nsec)
 {
     uint32_t cb = img->cluster_bits;
     unsigned shift = 62 - (cb - 8);
-    uint64_t off_mask = (1ull << shift) - 1;
-    uint64_t nsec_mask = (1ull << (cb - 8)) - 1;
-    uint64_t coff = e & off_mask;
-    uint64_t nsec = ((e >> shift) & nsec_mask) + 1;
+    *coff = e & ((1ull << shift) - 1);
+    *nsec = ((e >> shift) & ((1ull << (cb - 8)) - 1)) + 1;
+}
+
+static int compressed_range(qk_image *img, uint64_t e, struct qk_map *m)
+{
+    uint64_t coff, nsec;
+    compressed_extent(img, e, &coff, &nsec);
     uint64_t clen = nsec * 512 - (coff & 511);
     if (coff > MAX_CLUSTER_OFFSET)
         return QK_CORRUPT(img, "Compressed cluster offset %#llx out of range",
@@ -207,5 +213,98 @@ int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m)
         s++;
     }
     m->len = min_u64(run, len);
+    return 0;
+}
+
+/* ---- write side --------------------------------------------------------- */
+
+int l2_entry_get(qk_image *img, uint64_t guest_off, struct l2_slot *slot)
+{
+    uint64_t cluster = guest_off >> img->cluster_bits;
+    uint64_t l1_index = cluster / img->l2_entries;
+    const uint8_t *l2;
+    int r = load_l2(img, l1_index, &l2);
+    if (r < 0)
+        return r;
+    slot->l1_index = l1_index;
+    slot->l2_index = (uint32_t)(cluster % img->l2_entries);
+    slot->l2_offset = l2 ? img->l1[l1_index] & L1E_OFFSET_MASK : 0;
+    slot->l2_copied = l2 && (img->l1[l1_index] & OFLAG_COPIED);
+    slot->entry = slot->bitmap = 0;
+    if (l2) {
+        const uint8_t *p = l2 + (size_t)slot->l2_index * img->l2_entry_size;
+        slot->entry = be64_load(p);
+        if (img->extl2)
+            slot->bitmap = be64_load(p + 8);
+    }
+    return 0;
+}
+
+int l1_entry_set(qk_image *img, uint64_t l1_index, uint64_t value)
+{
+    int r = image_write_be64_sync(img, img->hdr.l1_offset + l1_index * 8, value, "the L1 table");
+    if (r == 0)
+        img->l1[l1_index] = value;
+    return r;
+}
+
+int l2_prepare_write(qk_image *img, struct l2_slot *slot)
+{
+    if (slot->l2_offset && slot->l2_copied)
+        return 0;
+    if (slot->l1_index >= img->l1_size)
+        return qk_set_error(img, QK_E_INVALID, "Write beyond the L1 table");
+    uint64_t old = slot->l2_offset, new_off;
+    int r;
+    if ((r = image_mark_dirty(img)) < 0)
+        return r;
+    if ((r = refcount_alloc(img, 1, &new_off)) < 0)
+        return r;
+    if ((r = cache_flush(img->rb_cache)) < 0)
+        return qk_set_error(img, r, "Could not write refcounts: %s", qk_strerror(r));
+    uint8_t *copy = NULL;
+    if (old) {
+        const uint8_t *t;
+        if ((r = cache_get(img->l2_cache, old, &t)) < 0)
+            return qk_set_error(img, r, "Could not read L2 table: %s", qk_strerror(r));
+        if (!(copy = malloc(img->cluster_size)))
+            return qk_set_error(img, -ENOMEM, "Out of memory");
+        memcpy(copy, t, img->cluster_size);
+    }
+    uint8_t *t;
+    if ((r = cache_get_empty(img->l2_cache, new_off, &t)) < 0) {
+        free(copy);
+        return qk_set_error(img, r, "Could not make an L2 table: %s", qk_strerror(r));
+    }
+    if (copy)
+        memcpy(t, copy, img->cluster_size);
+    free(copy);
+    if ((r = cache_flush(img->l2_cache)) < 0)
+        return qk_set_error(img, r, "Could not write an L2 table: %s", qk_strerror(r));
+    if ((r = l1_entry_set(img, slot->l1_index, new_off | OFLAG_COPIED)) < 0)
+        return r;
+    slot->l2_offset = new_off;
+    slot->l2_copied = 1;
+    if (old && (r = refcount_update(img, old, img->cluster_size, -1)) < 0)
+        return r;
+    return 0;
+}
+
+int l2_entry_set(qk_image *img, const struct l2_slot *slot, uint64_t entry, uint64_t bitmap,
+                 int data_written, int refs_added)
+{
+    uint8_t *t;
+    int r;
+    if (data_written)
+        cache_depends_on_flush(img->l2_cache);
+    if (refs_added && !img->lazy_dirty && (r = cache_set_dependency(img->l2_cache, img->rb_cache)) < 0)
+        return qk_set_error(img, r, "Could not write metadata: %s", qk_strerror(r));
+    r = cache_get_mut(img->l2_cache, slot->l2_offset, &t);
+    if (r < 0)
+        return qk_set_error(img, r, "Could not read L2 table: %s", qk_strerror(r));
+    uint8_t *p = t + (size_t)slot->l2_index * img->l2_entry_size;
+    be64_store(p, entry);
+    if (img->extl2)
+        be64_store(p + 8, bitmap);
     return 0;
 }

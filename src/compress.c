@@ -24,6 +24,7 @@
 #include <zlib.h>
 #ifdef QK_HAVE_ZSTD
 #include <zstd.h>
+#include <zstd_errors.h>
 #endif
 #ifdef QK_HAVE_LIBDEFLATE
 #include <libdeflate.h>
@@ -125,6 +126,46 @@ done:
     return ret;
 }
 #endif
+
+/* Deflate IN into OUT with a 4 KiB window (QEMU inflates with one), as
+ * QEMU's qcow2_zlib_compress does. */
+static int deflate_raw(const uint8_t *in, size_t inlen, uint8_t *out, size_t *outlen)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        return -ENOMEM;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)inlen;
+    z.next_out = out;
+    z.avail_out = (uInt)*outlen;
+    int r = deflate(&z, Z_FINISH);
+    size_t made = *outlen - z.avail_out;
+    deflateEnd(&z);
+    if (r != Z_STREAM_END)
+        return -ENOSPC;
+    *outlen = made;
+    return 0;
+}
+
+QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen)
+{
+    switch (type) {
+    case 0:
+        return deflate_raw(in, inlen, out, outlen);
+#ifdef QK_HAVE_ZSTD
+    case 1: {
+        size_t r = ZSTD_compress(out, *outlen, in, inlen, ZSTD_CLEVEL_DEFAULT);
+        if (ZSTD_isError(r))
+            return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EINVAL;
+        *outlen = r;
+        return 0;
+    }
+#endif
+    default:
+        return QK_E_UNSUPPORTED;
+    }
+}
 
 int compress_decode(struct qk_decoder **dp, int type, const uint8_t *src, size_t slen,
                     uint8_t *dst, size_t dlen)

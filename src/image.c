@@ -37,6 +37,89 @@ QK_API int qk_image_new(qk_image **out)
     return 0;
 }
 
+int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what)
+{
+    int r = io_pwrite(img->io, buf, len, off);
+    if (r == 0)
+        r = img->io->ops->flush(img->io);
+    return r < 0 ? qk_set_error(img, r, "Could not write %s: %s", what, qk_strerror(r)) : 0;
+}
+
+int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const char *what)
+{
+    uint8_t be[8];
+    be64_store(be, value);
+    return image_write_sync(img, off, be, sizeof be, what);
+}
+
+int image_mark_dirty(qk_image *img)
+{
+    if (img->lazy_dirty || !(img->hdr.compat & COMPAT_LAZY_REFCOUNTS))
+        return 0;
+    int r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat | INCOMPAT_DIRTY, "the dirty bit");
+    if (r < 0)
+        return r;
+    img->hdr.incompat |= INCOMPAT_DIRTY;
+    img->lazy_dirty = 1;
+    return 0;
+}
+
+/* Rewrite the whole first cluster from img->hdr, then flush. */
+static int write_header(qk_image *img)
+{
+    uint8_t *buf = malloc(img->cluster_size);
+    if (!buf)
+        return qk_set_error(img, -ENOMEM, "Out of memory");
+    int r = header_serialize(&img->hdr, buf, img->cluster_size);
+    if (r < 0) {
+        free(buf);
+        return qk_set_error(img, r, "The header does not fit in one cluster");
+    }
+    r = io_pwrite(img->io, buf, img->cluster_size, 0);
+    free(buf);
+    if (r == 0)
+        r = img->io->ops->flush(img->io);
+    return r < 0 ? qk_set_error(img, r, "Could not write the header: %s", qk_strerror(r)) : 0;
+}
+
+/* Flush everything and clear the dirty bit we set. */
+static int close_writable(qk_image *img)
+{
+    int r = qk_flush(img);
+    if (r == 0 && img->lazy_dirty) {
+        r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat & ~INCOMPAT_DIRTY,
+                                  "the dirty bit");
+        if (r == 0) {
+            img->hdr.incompat &= ~INCOMPAT_DIRTY;
+            img->lazy_dirty = 0;
+        }
+    }
+    return r;
+}
+
+/* What a read-write open changes before the first write: refuse what we
+ * cannot keep consistent, clear autoclear bits we do not maintain. */
+static int prepare_writable(qk_image *img)
+{
+    struct qk_header *h = &img->hdr;
+    int r;
+    if (h->incompat & INCOMPAT_DIRTY)
+        return qk_set_error(img, QK_E_UNSUPPORTED,
+                            "The image is dirty (lazy refcounts); repair it with 'qemu-img check -r all' first");
+    if (h->has_bitmaps_ext)
+        return qk_set_error(img, QK_E_UNSUPPORTED,
+                            "Writing images with persistent bitmaps is not supported yet");
+    if ((r = refcount_open(img)) < 0)
+        return r;
+    uint64_t keep = h->autoclear & AUTOCLEAR_DATA_RAW;
+    if (h->autoclear != keep && h->version >= 3) {
+        h->autoclear = keep;
+        if ((r = write_header(img)) < 0)
+            return r;
+    }
+    return 0;
+}
+
 static void image_release(qk_image *img)
 {
     if (img->backing)
@@ -46,6 +129,7 @@ static void image_release(qk_image *img)
         io_close(img->data_io);
     io_close(img->io);
     img->io = img->data_io = NULL;
+    refcount_close(img);
     cache_free(img->l2_cache);
     img->l2_cache = NULL;
     snapshot_free_all(img);
@@ -68,12 +152,15 @@ static void image_release(qk_image *img)
 
 QK_API int qk_close(qk_image *img)
 {
+    int r = 0;
     if (!img)
         return 0;
+    if (img->is_open && img->writable && img->fmt == QK_FMT_QCOW2)
+        r = close_writable(img);
     image_release(img);
     free(img->warnings);
     free(img);
-    return 0;
+    return r;
 }
 
 QK_API uint64_t qk_size(const qk_image *img)
@@ -213,20 +300,30 @@ static int open_qcow2(qk_image *img)
 
 QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
 {
-    int r;
+    qk_io *io;
     if (!img || !path)
         return -EINVAL;
     if (img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The handle is already open");
+    int r = io_posix_open(&io, path, (flags & QK_OPEN_RDWR) ? QK_IO_WRITE : 0, 0);
+    if (r < 0)
+        return qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
+    return image_open_io(img, io, path, flags);
+}
+
+int image_open_io(qk_image *img, qk_io *io, const char *path, unsigned flags)
+{
+    int r;
+    img->io = io;
     img->errmsg[0] = '\0';
     img->flags = flags;
     img->writable = (flags & QK_OPEN_RDWR) != 0;
-    if (!(img->filename = strdup(path)))
-        return qk_set_error(img, -ENOMEM, "Out of memory");
-    if ((r = io_posix_open(&img->io, path, img->writable ? QK_IO_WRITE : 0, 0)) < 0) {
-        qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
+    if (!(img->filename = strdup(path))) {
+        r = qk_set_error(img, -ENOMEM, "Out of memory");
         goto fail;
     }
+    if ((r = lock_image(img)) < 0)
+        goto fail;
     if ((r = img->io->ops->get_size(img->io, &img->file_size)) < 0) {
         qk_set_error(img, r, "Could not get the size of '%s': %s", path, qk_strerror(r));
         goto fail;
@@ -259,6 +356,8 @@ QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
         if ((r = open_qcow2(img)) < 0)
             goto fail;
         if (!(flags & QK_OPEN_NO_BACKING) && (r = backing_open(img)) < 0)
+            goto fail;
+        if (img->writable && (r = prepare_writable(img)) < 0)
             goto fail;
     }
     img->is_open = 1;

@@ -141,6 +141,24 @@ static int posix_allocated_size(qk_io *io, uint64_t *size)
     return 0;
 }
 
+static int posix_lock_byte(qk_io *io, uint64_t off)
+{
+    struct io_posix *p = (struct io_posix *)io;
+    struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1 };
+    if (fcntl(p->fd, F_OFD_SETLK, &fl) < 0)
+        return errno == EINVAL ? 0 : -errno;   /* no OFD locks here: QEMU's locking=auto skips too */
+    return 0;
+}
+
+static int posix_lock_test(qk_io *io, uint64_t off)
+{
+    struct io_posix *p = (struct io_posix *)io;
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)off, .l_len = 1 };
+    if (fcntl(p->fd, F_OFD_GETLK, &fl) < 0)
+        return errno == EINVAL ? 0 : -errno;
+    return fl.l_type != F_UNLCK;
+}
+
 static void posix_close(qk_io *io)
 {
     struct io_posix *p = (struct io_posix *)io;
@@ -157,6 +175,8 @@ static const struct qk_io_ops posix_ops = {
     .punch_hole = posix_punch_hole,
     .data_status = posix_data_status,
     .allocated_size = posix_allocated_size,
+    .lock_byte = posix_lock_byte,
+    .lock_test = posix_lock_test,
     .close = posix_close,
 };
 

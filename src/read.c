@@ -151,14 +151,9 @@ static int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e)
     return 0;
 }
 
-QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext)
+/* One extent of the chain walk that qemu-img map does per request. */
+static int chain_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext)
 {
-    if (!img->is_open)
-        return qk_set_error(img, QK_E_INVALID, "The image is not open");
-    if (offset >= img->size || len == 0)
-        return qk_set_error(img, -EINVAL, "Block status at offset %llu is past the end of the image",
-                            (unsigned long long)offset);
-    len = min_u64(len, img->size - offset);
     qk_image *layer = img;
     int depth = 0;
     for (;;) {
@@ -175,4 +170,35 @@ QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_exte
     ext->offset = offset;
     ext->depth = depth;
     return 0;
+}
+
+static int same_run(const qk_extent *a, const qk_extent *b)
+{
+    if (a->flags != b->flags || a->depth != b->depth)
+        return 0;
+    if (!(a->flags & QK_BS_OFFSET_VALID))
+        return 1;
+    return a->host_offset + a->length == b->host_offset &&
+           (a->file == b->file || (a->file && b->file && !strcmp(a->file, b->file)));
+}
+
+QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext)
+{
+    if (!img->is_open)
+        return qk_set_error(img, QK_E_INVALID, "The image is not open");
+    if (offset >= img->size || len == 0)
+        return qk_set_error(img, -EINVAL, "Block status at offset %llu is past the end of the image",
+                            (unsigned long long)offset);
+    len = min_u64(len, img->size - offset);
+    int r = chain_status(img, offset, len, ext);
+    /* Layers answer per L2 table or cluster type; join what reads the same. */
+    while (r == 0 && ext->length < len) {
+        qk_extent next;
+        if ((r = chain_status(img, offset + ext->length, len - ext->length, &next)) < 0)
+            return r;
+        if (!same_run(ext, &next))
+            break;
+        ext->length += next.length;
+    }
+    return r;
 }

@@ -121,5 +121,6 @@ int snapshot_load(qk_image *img)
         if (!is_aligned(sn->l1_offset, img->cluster_size))
             return QK_CORRUPT(img, "Snapshot L1 table offset invalid (snapshot %u)", i);
     }
+    img->snapshots_size = off - start;
     return 0;
 }
