@@ -33,33 +33,37 @@ struct opt_desc {
     enum opt_type type;
     const char *def;    /* printed when not given (NULL: not printed) */
     const char *help;
+    int proto;          /* an option of the file layer, not of the format */
 };
 
-/* qemu's merged create-option lists (format options, then file-posix's). */
+/* qemu's merged create-option lists: the format's options, then those of
+ * the file layer (file-posix) that the format does not have. */
 static const struct opt_desc qcow2_opts[] = {
-    { "cluster_size", T_SIZE, "65536", "qcow2 cluster size" },
-    { "extended_l2", T_BOOL, "off", "Extended L2 tables" },
-    { "preallocation", T_STRING, NULL, "Preallocation mode (allowed values: off)" },
-    { "compression_type", T_STRING, "zlib", "Compression method used for image cluster compression" },
-    { "size", T_SIZE, NULL, "Virtual disk size" },
-    { "compat", T_STRING, NULL, "Compatibility level (v2 [0.10] or v3 [1.1])" },
-    { "backing_file", T_STRING, NULL, "File name of a base image" },
-    { "backing_fmt", T_STRING, NULL, "Image format of the base image" },
-    { "data_file", T_STRING, NULL, "File name of an external data file" },
-    { "data_file_raw", T_BOOL, NULL, "The external data file must stay valid as a raw image" },
-    { "lazy_refcounts", T_BOOL, "off", "Postpone refcount updates" },
-    { "refcount_bits", T_NUMBER, "16", "Width of a reference count entry in bits" },
-    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)" },
-    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable" },
-    { NULL, T_STRING, NULL, NULL },
+    { "cluster_size", T_SIZE, "65536", "qcow2 cluster size", 0 },
+    { "extended_l2", T_BOOL, "off", "Extended L2 tables", 0 },
+    { "preallocation", T_STRING, NULL,
+      "Preallocation mode (allowed values: off, metadata, falloc, full)", 0 },
+    { "compression_type", T_STRING, "zlib",
+      "Compression method used for image cluster compression", 0 },
+    { "size", T_SIZE, NULL, "Virtual disk size", 0 },
+    { "compat", T_STRING, NULL, "Compatibility level (v2 [0.10] or v3 [1.1])", 0 },
+    { "backing_file", T_STRING, NULL, "File name of a base image", 0 },
+    { "backing_fmt", T_STRING, NULL, "Image format of the base image", 0 },
+    { "data_file", T_STRING, NULL, "File name of an external data file", 0 },
+    { "data_file_raw", T_BOOL, NULL, "The external data file must stay valid as a raw image", 0 },
+    { "lazy_refcounts", T_BOOL, "off", "Postpone refcount updates", 0 },
+    { "refcount_bits", T_NUMBER, "16", "Width of a reference count entry in bits", 0 },
+    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)", 1 },
+    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable", 1 },
+    { NULL, T_STRING, NULL, NULL, 0 },
 };
 
 static const struct opt_desc raw_opts[] = {
-    { "size", T_SIZE, NULL, "Virtual disk size" },
-    { "preallocation", T_STRING, NULL, "Preallocation mode (allowed values: off)" },
-    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)" },
-    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable" },
-    { NULL, T_STRING, NULL, NULL },
+    { "size", T_SIZE, NULL, "Virtual disk size", 0 },
+    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)", 1 },
+    { "preallocation", T_STRING, NULL, "Preallocation mode (allowed values: off, falloc, full)", 1 },
+    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable", 1 },
+    { NULL, T_STRING, NULL, NULL, 0 },
 };
 
 /* BlockdevDriver values of QEMU 7.2: what backing_fmt may name. */
@@ -107,12 +111,36 @@ static void create_help(void)
            "  -q          do not print the \"Formatting ...\" line\n");
 }
 
-static void print_option_help(const struct opt_desc *d)
+static int desc_cmp(const void *a, const void *b)
 {
-    static const char *const tn[] = { "<str>", "<bool (on/off)>", "<num>", "<size>" };
-    printf("Supported options:\n");
-    for (; d->name; d++)
-        printf("  %-16s %s - %s\n", d->name, tn[d->type], d->help);
+    return strcmp((*(const struct opt_desc *const *)a)->name, (*(const struct opt_desc *const *)b)->name);
+}
+
+/* qemu-img's "-o help": the options sorted by name; the file layer's ones
+ * only when a file name was given. */
+static void print_option_help(const char *fmt, const char *filename)
+{
+    static const char *const tn[] = { "str", "bool (on/off)", "num", "size" };
+    const struct opt_desc *d = !strcmp(fmt, "qcow2") ? qcow2_opts : raw_opts;
+    const struct opt_desc *list[32];
+    size_t n = 0;
+
+    for (; d->name && n < sizeof list / sizeof list[0]; d++)
+        if (filename || !d->proto)
+            list[n++] = d;
+    qsort(list, n, sizeof list[0], desc_cmp);
+    if (filename)
+        printf("Supported options:\n");
+    else
+        printf("Supported %s options:\n", fmt);
+    for (size_t i = 0; i < n; i++) {
+        char head[64];
+        int len = snprintf(head, sizeof head, "  %s=<%s>", list[i]->name, tn[list[i]->type]);
+        printf("%s%*s - %s\n", head, len < 24 ? 24 - len : 0, "", list[i]->help);
+    }
+    if (!filename)
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
 }
 
 /* ---- -o parsing ----------------------------------------------------------- */
@@ -602,7 +630,11 @@ int cmd_create(int argc, char **argv)
         }
     }
     if (options && has_help_option(options)) {
-        print_option_help(!strcmp(a.fmt, "qcow2") ? qcow2_opts : raw_opts);
+        if (strcmp(a.fmt, "qcow2") && strcmp(a.fmt, "raw")) {
+            cli_error("Unknown file format '%s'", a.fmt);
+            goto out;
+        }
+        print_option_help(a.fmt, optind < argc ? argv[optind] : NULL);
         rc = 0;
         goto out;
     }

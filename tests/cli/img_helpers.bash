@@ -57,6 +57,17 @@ run_both_text() {
     printf '%s\nrc=%s' "$out" "$rc"
 }
 
+# same_outputs SUBCMD ARGS...: `SUBCMD --output=json|human ARGS` print the same
+# text (and exit code) with qemu-img and with qcowkit.
+same_outputs() {
+    local cmd=$1 fmt
+    shift
+    for fmt in json human; do
+        same_text "$(run_both_text qemu-img "$cmd" --output=$fmt "$@")" \
+                  "$(run_both_text "$QCOWKIT" "$cmd" --output=$fmt "$@")" || return 1
+    done
+}
+
 # both_info_json ARGS...: `info --output=json ARGS` of both, as parsed JSON.
 both_info_json() {
     same_json "$(qemu-img info --output=json "$@")" "$("$QCOWKIT" info --output=json "$@")"
