@@ -75,6 +75,7 @@ enum qk_format {
 #define QK_OPEN_FORCE_SHARE  0x0002u /**< like qemu-img -U: take no refusal locks */
 #define QK_OPEN_NO_BACKING   0x0004u /**< do not open backing files (reads of unallocated ranges return zeros) */
 #define QK_OPEN_NO_LOCK      0x0008u /**< take no locks at all */
+#define QK_OPEN_UNSAFE       0x0010u /**< never flush to disk (qemu-img -t unsafe): fast, but a crash may corrupt the image; for filling new images */
 #define QK_OPEN_FMT_QCOW2    0x0100u /**< the file must be qcow2 (else QK_E_NOT_FORMAT) */
 #define QK_OPEN_FMT_RAW      0x0200u /**< treat the file as raw */
 

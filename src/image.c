@@ -205,7 +205,8 @@ static int open_data_file(qk_image *img)
                             name);
     if (!(img->data_file_full = backing_resolve(img->filename, name)))
         return qk_set_error(img, -ENOMEM, "Out of memory");
-    int r = io_posix_open(&img->data_io, img->data_file_full, img->writable ? QK_IO_WRITE : 0, 0);
+    int mode = (img->writable ? QK_IO_WRITE : 0) | ((img->flags & QK_OPEN_UNSAFE) ? QK_IO_NOSYNC : 0);
+    int r = io_posix_open(&img->data_io, img->data_file_full, mode, 0);
     if (r < 0) {
         img->data_io = img->io;
         return qk_set_error(img, r, "Could not open '%s': %s", img->data_file_full, qk_strerror(r));
@@ -305,7 +306,8 @@ QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
         return -EINVAL;
     if (img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The handle is already open");
-    int r = io_posix_open(&io, path, (flags & QK_OPEN_RDWR) ? QK_IO_WRITE : 0, 0);
+    int mode = ((flags & QK_OPEN_RDWR) ? QK_IO_WRITE : 0) | ((flags & QK_OPEN_UNSAFE) ? QK_IO_NOSYNC : 0);
+    int r = io_posix_open(&io, path, mode, 0);
     if (r < 0)
         return qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
     return image_open_io(img, io, path, flags);

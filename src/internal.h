@@ -234,6 +234,27 @@ struct qk_bitmap {
 int bitmap_load_directory(qk_image *img);
 void bitmap_free_all(qk_image *img);
 
+/* ---- dirty.c: in-memory sparse dirty bitmap ----------------------------- */
+
+struct qk_dirty;
+int dirty_new(struct qk_dirty **out, uint64_t size, unsigned gran_bits, uint32_t cluster_size);
+void dirty_free(struct qk_dirty *d);
+uint64_t dirty_size(const struct qk_dirty *d);
+unsigned dirty_gran_bits(const struct qk_dirty *d);
+/* Mark every granule that [off, off+len) touches. */
+int dirty_set(struct qk_dirty *d, uint64_t off, uint64_t len);
+int dirty_clear_all(struct qk_dirty *d);
+int dirty_get_bit(const struct qk_dirty *d, uint64_t bit);
+/* The run of equal state from OFF (< size): *len bytes, *dirty 0 or 1. */
+int dirty_extent(const struct qk_dirty *d, uint64_t off, uint64_t *len, int *dirty);
+uint64_t dirty_count_bytes(const struct qk_dirty *d);
+/* DST |= SRC, across granularities (a coarse bit is set if any finer one is). */
+int dirty_merge(struct qk_dirty *dst, const struct qk_dirty *src);
+/* One bitmap-data cluster CI to/from on-disk bytes; UNIFORM 0/1 for an
+ * all-zero/all-one cluster (no bytes), -1 for bytes in BUF. */
+void dirty_store_cluster(const struct qk_dirty *d, uint64_t ci, uint32_t cs, uint8_t *buf, int *uniform);
+int dirty_load_cluster(struct qk_dirty *d, uint64_t ci, uint32_t cs, const uint8_t *buf, int uniform);
+
 /* ---- backing.c --------------------------------------------------------- */
 
 /* Open the backing file of IMG (if any) read-only. */

@@ -44,6 +44,7 @@ struct qk_io {
 
 /* io-posix.c */
 #define QK_IO_WRITE 1
+#define QK_IO_NOSYNC 2   /* flush does nothing */
 int io_posix_open(qk_io **out, const char *path, int mode, int create);
 
 /* io-mem.c: a private copy of DATA (may be NULL/0). */
