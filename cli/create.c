@@ -495,8 +495,10 @@ static int run_create(struct create_args *a)
     o.no_backing_check = 1;  /* checked and sized above */
     if (!strcmp(a->fmt, "raw")) {
         const char *prealloc = val_str(a, "preallocation");
-        if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full"))
-            return enum_error(a, "preallocation", prealloc) ? 1 : 0;
+        if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
+            cli_error("%s: invalid parameter value: %s", a->filename, prealloc);
+            return 1;
+        }
         o.format = QK_FMT_RAW;
         o.preallocation = prealloc && strcmp(prealloc, "off");
         if (o.preallocation) {
@@ -519,9 +521,10 @@ static int run_create(struct create_args *a)
 
 /* ---- command line ------------------------------------------------------- */
 
-/* Steps 1-3; then run_create. OPTIONS is the joined -o list or NULL. */
+/* Steps 1-3; then run_create. OPTIONS is the joined -o list or NULL;
+ * SIZE_ARG the SIZE argument (NULL if none), already parsed to SIZE_VALUE. */
 static int create_image(struct create_args *a, const char *options, const char *base,
-                        const char *base_fmt, const char *size_arg)
+                        const char *base_fmt, const char *size_arg, uint64_t size_value)
 {
     struct opt_val *size;
 
@@ -550,7 +553,7 @@ static int create_image(struct create_args *a, const char *options, const char *
     }
     if (size_arg) {
         set_val(a, "size", size_arg, 0);
-        size->num = (uint64_t)cli_cvtnum("image size", size_arg);
+        size->num = size_value;
     }
     if (base && !find_val(a, "backing_file")) {
         cli_error("%s: Backing file not supported for file format '%s'", a->filename, a->fmt);
@@ -609,6 +612,7 @@ int cmd_create(int argc, char **argv)
     };
     struct create_args a = { NULL, "raw", NULL, NULL, 0, 0 };
     const char *base = NULL, *base_fmt = NULL, *size_arg = NULL;
+    uint64_t size_value = 0;
     char *options = NULL;
     int c, rc = 1;
 
@@ -645,14 +649,16 @@ int cmd_create(int argc, char **argv)
     a.filename = argv[optind++];
     if (optind < argc) {
         size_arg = argv[optind++];
-        if (cli_cvtnum("image size", size_arg) < 0)
+        int64_t v = cli_cvtnum("image size", size_arg);
+        if (v < 0)
             goto out;
+        size_value = (uint64_t)v;
     }
     if (optind != argc) {
         rc = cli_usage_error("Unexpected argument: %s", argv[optind]);
         goto out;
     }
-    rc = create_image(&a, options, base, base_fmt, size_arg);
+    rc = create_image(&a, options, base, base_fmt, size_arg, size_value);
 out:
     if (a.vals)
         for (size_t i = 0; a.descs[i].name; i++)

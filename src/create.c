@@ -28,6 +28,7 @@
  *  3. No global state: everything lives in struct cr_file / struct cr_alloc.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -450,12 +451,54 @@ static int grow_new_file(qk_io *io, uint64_t size)
     return io_pwrite(io, zeros, size < CR_MAX_FIRST_BLOCK ? CR_SECTOR : CR_MAX_FIRST_BLOCK, 0);
 }
 
+/* QEMU's file-posix create locks before it empties anything: it takes the
+ * WRITE and RESIZE permissions and refuses to share RESIZE (bytes 101, 103,
+ * 203), then checks that nobody refuses write or resize (201, 203) and that
+ * nobody holds resize (103). Same bytes and messages as lock.c. */
+static int lock_for_create(qk_image *img, qk_io *io, const char *path)
+{
+    static const uint64_t take[] = { 101, 103, 203 };
+    static const struct { uint64_t byte; const char *what; } test[] = {
+        { 201, "\"write\" lock" }, { 203, "\"resize\" lock" }, { 103, "shared \"resize\" lock" },
+    };
+    int r;
+
+    if (!io->ops->lock_byte || !io->ops->lock_test)
+        return 0;
+    for (size_t i = 0; i < sizeof take / sizeof take[0]; i++)
+        if ((r = io->ops->lock_byte(io, take[i])) < 0)
+            return qk_set_error(img, r, "Failed to lock byte %llu: %s",
+                                (unsigned long long)take[i], strerror(-r));
+    for (size_t i = 0; i < sizeof test / sizeof test[0]; i++) {
+        r = io->ops->lock_test(io, test[i].byte);
+        if (r < 0)
+            return qk_set_error(img, r, "Failed to test lock byte: %s", strerror(-r));
+        if (r)
+            return qk_set_error(img, QK_E_LOCKED,
+                                "Failed to get %s\nIs another process using the image [%s]?",
+                                test[i].what, path);
+    }
+    return 0;
+}
+
+/* Create PATH if needed (not truncating yet), lock it like QEMU, then empty
+ * it. A file another process uses is left untouched. */
 static int open_new_file(qk_image *img, const char *path, qk_io **io)
 {
-    int r = io_posix_open(io, path, QK_IO_WRITE, 1);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return qk_set_error(img, -errno, "Could not create '%s': %s", path, strerror(errno));
+    close(fd);
+    int r = io_posix_open(io, path, QK_IO_WRITE, 0);
     if (r)
         return qk_set_error(img, r, "Could not create '%s': %s", path, strerror(-r));
-    return 0;
+    if (!(r = lock_for_create(img, *io, path)) && (r = (*io)->ops->truncate(*io, 0)))
+        r = qk_set_error(img, r, "Could not resize file: %s", strerror(-r));
+    if (r) {
+        io_close(*io);
+        *io = NULL;
+    }
+    return r;
 }
 
 static int too_large(qk_image *img, const char *fmt, int hint)

@@ -281,3 +281,18 @@ create_fixture() {
 @test "create: a folder that does not exist" {
     both_create -f qcow2 /nonexistent-dir/x.qcow2 1M
 }
+
+@test "create: an image another process has open is refused and left untouched" {
+    qemu-img create -q -f qcow2 held.qcow2 10M
+    cp held.qcow2 before.qcow2
+    qemu-io -c 'sleep 4000' held.qcow2 &
+    writer=$!
+    sleep 0.5
+    theirs=$(run_both_text qemu-img create -f qcow2 held.qcow2 20M)
+    ours=$(run_both_text "$QCOWKIT" create -f qcow2 held.qcow2 20M)
+    kill "$writer" 2>/dev/null || true
+    wait "$writer" 2>/dev/null || true
+    same_text "$theirs" "$ours"
+    [[ "$ours" == *'Failed to get "write" lock'* ]]
+    cmp held.qcow2 before.qcow2
+}
