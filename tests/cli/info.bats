@@ -220,3 +220,35 @@ set_backing_name_only() {
     run "$QCOWKIT" info a.qcow2 b.qcow2
     [ "$status" -eq 1 ]
 }
+
+@test "info: --backing-chain refuses a loop like qemu-img" {
+    qemu-img create -q -f qcow2 -u -b b.qcow2 -F qcow2 a.qcow2 1M
+    qemu-img create -q -f qcow2 -u -b a.qcow2 -F qcow2 b.qcow2 1M
+    same_info_text --backing-chain a.qcow2
+    run "$QCOWKIT" info --backing-chain a.qcow2
+    [ "$status" -eq 1 ]
+    [ "$output" = "qcowkit: Backing file 'a.qcow2' creates an infinite loop." ]
+}
+
+@test "info: --backing-chain with a missing backing file prints nothing and fails" {
+    qemu-img create -q -f qcow2 -u -b gone.qcow2 -F qcow2 top.qcow2 1M
+    same_info_text top.qcow2
+    same_info_text --backing-chain top.qcow2
+    run "$QCOWKIT" info --backing-chain top.qcow2
+    [ "$status" -eq 1 ]
+    [[ "$output" != *"image:"* ]]
+}
+
+@test "info: corrupt bit is reported as corrupt: true" {
+    qemu-img create -q -f qcow2 c.qcow2 1M
+    printf '\x02' | dd of=c.qcow2 bs=1 seek=79 conv=notrunc status=none
+    same_info_text c.qcow2
+    run "$QCOWKIT" info --output=json c.qcow2
+    [ "$(echo "$output" | jq '.["format-specific"].data.corrupt')" = true ]
+}
+
+@test "info: an unknown incompatible feature bit fails the open with qemu's text" {
+    qemu-img create -q -f qcow2 u.qcow2 1M
+    printf '\x20' | dd of=u.qcow2 bs=1 seek=79 conv=notrunc status=none
+    same_info_text u.qcow2
+}

@@ -128,3 +128,10 @@ make_chain() {
     qemu-io -c 'write 0 3k' -c 'write 70k 1k' -c 'write -z 4M 64k' x.qcow2 >/dev/null
     same_map_text x.qcow2
 }
+
+@test "map: a missing backing file fails like qemu-img" {
+    qemu-img create -q -f qcow2 -u -b gone.qcow2 -F qcow2 top.qcow2 1M
+    same_map_text top.qcow2
+    run "$QCOWKIT" map top.qcow2
+    [ "$status" -eq 1 ]
+}
