@@ -188,6 +188,7 @@ set_backing_name_only() {
     sleep 0.5
     run qemu-img info a.qcow2
     [ "$status" -eq 1 ]     # the writer really holds it
+    same_info_text a.qcow2  # refused the same way without -U
     same_info_text -U a.qcow2
     kill "$writer" 2>/dev/null || true
     wait "$writer" 2>/dev/null || true

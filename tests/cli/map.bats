@@ -135,3 +135,17 @@ make_chain() {
     run "$QCOWKIT" map top.qcow2
     [ "$status" -eq 1 ]
 }
+
+@test "map: an image a writer holds is refused without -U and mapped with it" {
+    qemu-img create -q -f qcow2 a.qcow2 64M
+    qemu-io -c 'write 0 1M' a.qcow2 >/dev/null
+    qemu-io -c 'sleep 4000' a.qcow2 &
+    writer=$!
+    sleep 0.5
+    same_map_text a.qcow2
+    run "$QCOWKIT" map a.qcow2
+    [ "$status" -eq 1 ]
+    same_map_text -U a.qcow2
+    kill "$writer" 2>/dev/null || true
+    wait "$writer" 2>/dev/null || true
+}
