@@ -537,6 +537,28 @@ struct cr_layout {
     uint64_t size;
 };
 
+/* Step 5 (data_file_raw): QEMU preallocates metadata: one L2 table per L1
+ * entry, allocated in order, mapping every guest cluster to the same offset
+ * in the data file (COPIED set; an extended L2 bitmap stays 0). */
+static int map_data_file(struct cr_layout *L, unsigned l2_bits, uint64_t entry_size)
+{
+    struct cr_alloc *a = &L->alloc;
+    uint64_t per_l2 = 1ull << l2_bits, clusters = div_round_up(L->size, a->cs);
+    int r;
+
+    for (uint64_t i = 0; i < L->hdr.l1_size; i++) {
+        int64_t l2 = alloc_clusters(a, a->cs);
+        if (l2 < 0)
+            return (int)l2;
+        if ((r = cr_write(&L->file, (uint64_t)l2, NULL, a->cs)))
+            return r;
+        for (uint64_t j = 0; j < per_l2 && i * per_l2 + j < clusters; j++)
+            be64_store(L->file.data + l2 + j * entry_size, ((i * per_l2 + j) << a->cbits) | OFLAG_COPIED);
+        be64_store(L->file.data + L->hdr.l1_offset + i * 8, (uint64_t)l2 | OFLAG_COPIED);
+    }
+    return 0;
+}
+
 /* Steps 3-5 of the file comment, on the in-memory copy. */
 static int lay_out(struct cr_layout *L, const qk_create_opts *o, unsigned cbits)
 {
@@ -575,20 +597,8 @@ static int lay_out(struct cr_layout *L, const qk_create_opts *o, unsigned cbits)
             return r;
         L->hdr.l1_offset = (uint64_t)l1;
     }
-    if (o->data_file_raw) {
-        uint64_t entry_size = o->extended_l2 ? 16 : 8, per_l2 = 1ull << l2_bits;
-        uint64_t clusters = div_round_up(L->size, cs);
-        for (uint64_t i = 0; i < l1_size; i++) {
-            int64_t l2 = alloc_clusters(a, cs);
-            if (l2 < 0)
-                return (int)l2;
-            if ((r = cr_write(&L->file, (uint64_t)l2, NULL, cs)))
-                return r;
-            for (uint64_t j = 0; j < per_l2 && i * per_l2 + j < clusters; j++)
-                be64_store(L->file.data + l2 + j * entry_size, ((i * per_l2 + j) << cbits) | OFLAG_COPIED);
-            be64_store(L->file.data + L->hdr.l1_offset + i * 8, (uint64_t)l2 | OFLAG_COPIED);
-        }
-    }
+    if (o->data_file_raw && (r = map_data_file(L, l2_bits, o->extended_l2 ? 16 : 8)))
+        return r;
     L->hdr.reftable_offset = a->rt_offset;
     L->hdr.reftable_clusters = (uint32_t)(a->rt_size * 8 / cs);
     return 0;
