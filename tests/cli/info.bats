@@ -253,3 +253,28 @@ set_backing_name_only() {
     printf '\x20' | dd of=u.qcow2 bs=1 seek=79 conv=notrunc status=none
     same_info_text u.qcow2
 }
+
+# Write the big-endian bytes HEX (e.g. 0000036af44c5c00) at OFFSET of FILE.
+poke_be() {
+    local file=$1 off=$2 hex=$3 esc="" i
+    for ((i = 0; i < ${#hex}; i += 2)); do esc+="\\x${hex:i:2}"; done
+    printf "$esc" | dd of="$file" bs=1 seek="$off" conv=notrunc status=none
+}
+
+@test "info: snapshot with VM state, VM clock and no icount; names needing escapes" {
+    qemu-img create -q -f qcow2 s.qcow2 64M
+    qemu-img snapshot -c "$(printf 'snap "quoted" \xc3\xa9\ttab')" s.qcow2
+    qemu-img snapshot -c s2 s.qcow2
+    qemu-img bitmap --add s.qcow2 "$(printf 'bm "q" \\ \xc3\xa9 \xe2\x98\x83 \x01')"
+    off=$(od -An -tu8 --endian=big -j64 -N8 s.qcow2 | tr -d ' ')
+    poke_be s.qcow2 $((off + 24)) 0000036af44c5c00   # vm clock 3757.9 s
+    poke_be s.qcow2 $((off + 32)) 075bcd15           # vm state size (32 bit)
+    poke_be s.qcow2 $((off + 40)) 00000000075bcd15   # vm state size (64 bit)
+    poke_be s.qcow2 $((off + 56)) ffffffffffffffff   # icount off
+    same_info_text s.qcow2
+    run "$QCOWKIT" info s.qcow2
+    [[ "$output" == *" 118 MiB "*" 01:02:37.900 "* ]]
+    run "$QCOWKIT" info --output=json s.qcow2
+    [ "$(echo "$output" | jq '.snapshots[0] | has("icount")')" = false ]
+    [[ "$output" == *'"bm \"q\" \\ \u00E9 \u2603 \u0001"'* ]]
+}
