@@ -280,8 +280,9 @@ int dirty_merge(struct qk_dirty *dst, const struct qk_dirty *src)
 }
 
 /* Serialization: the bytes of one bitmap-data cluster (CS bytes, cluster
- * index CI of the table). *uniform gets 0 or 1 when every bit is that value
- * (then BUF is not filled), -1 otherwise. */
+ * index CI of the table). *uniform gets 0 when every bit is clear (BUF is
+ * then not filled), 1 when every bit is set, -1 otherwise; for 1 and -1 BUF
+ * holds the cluster's bytes, with the tail bits past the disk zero. */
 void dirty_store_cluster(const struct qk_dirty *d, uint64_t ci, uint32_t cs, uint8_t *buf,
                          int *uniform)
 {
@@ -294,7 +295,7 @@ void dirty_store_cluster(const struct qk_dirty *d, uint64_t ci, uint32_t cs, uin
         u = u == -2 ? pu : (u == pu ? u : -1);
     }
     *uniform = u == -2 ? 0 : u;
-    if (*uniform >= 0)
+    if (*uniform == 0)
         return;
     memset(buf, 0, cs);
     for (uint64_t k = 0; k < per && first + k < d->npages; k++) {

@@ -64,8 +64,7 @@ int image_mark_dirty(qk_image *img)
     return 0;
 }
 
-/* Rewrite the whole first cluster from img->hdr, then flush. */
-static int write_header(qk_image *img)
+int image_rewrite_header(qk_image *img)
 {
     uint8_t *buf = malloc(img->cluster_size);
     if (!buf)
@@ -85,7 +84,9 @@ static int write_header(qk_image *img)
 /* Flush everything and clear the dirty bit we set. */
 static int close_writable(qk_image *img)
 {
-    int r = qk_flush(img);
+    int r = bitmap_store_all(img);
+    if (r == 0)
+        r = qk_flush(img);
     if (r == 0 && img->lazy_dirty) {
         r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat & ~INCOMPAT_DIRTY,
                                   "the dirty bit");
@@ -106,15 +107,12 @@ static int prepare_writable(qk_image *img)
     if (h->incompat & INCOMPAT_DIRTY)
         return qk_set_error(img, QK_E_UNSUPPORTED,
                             "The image is dirty (lazy refcounts); repair it with 'qemu-img check -r all' first");
-    if (h->has_bitmaps_ext)
-        return qk_set_error(img, QK_E_UNSUPPORTED,
-                            "Writing images with persistent bitmaps is not supported yet");
-    if ((r = refcount_open(img)) < 0)
+    if ((r = refcount_open(img)) < 0 || (r = bitmap_open_writable(img)) < 0)
         return r;
-    uint64_t keep = h->autoclear & AUTOCLEAR_DATA_RAW;
+    uint64_t keep = h->autoclear & AUTOCLEAR_KNOWN;
     if (h->autoclear != keep && h->version >= 3) {
         h->autoclear = keep;
-        if ((r = write_header(img)) < 0)
+        if ((r = image_rewrite_header(img)) < 0)
             return r;
     }
     return 0;

@@ -227,12 +227,20 @@ struct qk_bitmap {
     uint32_t extra_size;
     uint8_t *extra;
     const char *reason;   /* NULL when consistent; a static string otherwise */
+    /* bitmap-rw.c */
+    struct qk_dirty *dirty;  /* the bits, once loaded (consistent bitmaps only) */
+    uint64_t *old_table;     /* host-endian table read at load, freed after store */
+    uint32_t old_table_size;
+    int on_disk;             /* has a table on disk (not added this session) */
+    uint64_t dir_pos;        /* offset of its entry in the on-disk directory */
 };
 
 /* Parse the bitmap directory. Never fails the open: a directory that cannot
  * be parsed leaves every bitmap inconsistent and sets img->bitmap_dir_error. */
 int bitmap_load_directory(qk_image *img);
 void bitmap_free_all(qk_image *img);
+/* The exact number of table entries a bitmap of granularity 2^GB needs. */
+uint64_t bitmap_table_size(const qk_image *img, unsigned gb);
 
 /* ---- dirty.c: in-memory sparse dirty bitmap ----------------------------- */
 
@@ -250,10 +258,24 @@ int dirty_extent(const struct qk_dirty *d, uint64_t off, uint64_t *len, int *dir
 uint64_t dirty_count_bytes(const struct qk_dirty *d);
 /* DST |= SRC, across granularities (a coarse bit is set if any finer one is). */
 int dirty_merge(struct qk_dirty *dst, const struct qk_dirty *src);
-/* One bitmap-data cluster CI to/from on-disk bytes; UNIFORM 0/1 for an
- * all-zero/all-one cluster (no bytes), -1 for bytes in BUF. */
+/* One bitmap-data cluster CI to/from on-disk bytes. Store: *UNIFORM 0 for an
+ * all-zero cluster (BUF untouched), else 1 (all ones) or -1, BUF filled.
+ * Load: UNIFORM 0/1 for an all-zero/all-one cluster (BUF unused), -1 for BUF. */
 void dirty_store_cluster(const struct qk_dirty *d, uint64_t ci, uint32_t cs, uint8_t *buf, int *uniform);
 int dirty_load_cluster(struct qk_dirty *d, uint64_t ci, uint32_t cs, const uint8_t *buf, int uniform);
+
+/* ---- bitmap-rw.c: bitmap life cycle ------------------------------------- */
+
+/* Before a guest write: bitmaps in_use on disk, then mark [off, off+len)
+ * dirty in every enabled bitmap. */
+int bitmap_track_write(qk_image *img, uint64_t off, uint64_t len);
+/* On a read-write open: drop an extension whose autoclear bit is clear. */
+int bitmap_open_writable(qk_image *img);
+/* On close of a read-write image: store what changed. */
+int bitmap_store_all(qk_image *img);
+/* Resize every bitmap (refused while one is inconsistent). */
+int bitmap_resize_all(qk_image *img, uint64_t new_size);
+void bitmap_release(struct qk_bitmap *b);
 
 /* ---- backing.c --------------------------------------------------------- */
 
@@ -288,6 +310,8 @@ int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
  * single table entries, whose order matters); WHAT names it in errors. */
 int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what);
 int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const char *what);
+/* Rewrite the whole first cluster from img->hdr, then flush. */
+int image_rewrite_header(qk_image *img);
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
 int image_mark_dirty(qk_image *img);
 
@@ -341,6 +365,10 @@ struct qk_image {
     uint32_t nb_bitmaps;
     int bitmap_dir_error;
     char bitmap_dir_reason[256];
+    int bitmaps_in_use;    /* consistent bitmaps are marked in_use on disk */
+    int bitmaps_changed;   /* the directory must be stored on close */
+    struct qk_bitmap *removed; /* removed this session: freed after the store */
+    uint32_t nb_removed;
 
     /* backing chain */
     qk_image *backing;

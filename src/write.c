@@ -256,6 +256,8 @@ QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offs
     int r = check_writable(img, len, offset);
     if (r < 0)
         return r;
+    if ((r = bitmap_track_write(img, offset, len)) < 0)
+        return r;
     if (img->fmt == QK_FMT_RAW) {
         r = io_pwrite(img->io, buf, len, offset);
         return r < 0 ? qk_set_error(img, r, "Write failed: %s", qk_strerror(r)) : 0;
@@ -318,6 +320,8 @@ QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsign
     int r = check_writable(img, len, offset);
     if (r < 0)
         return r;
+    if ((r = bitmap_track_write(img, offset, len)) < 0)
+        return r;
     if (img->fmt == QK_FMT_RAW || img->hdr.version < 3 || has_data_file(img)) {
         if (img->fmt == QK_FMT_RAW) {
             uint8_t *z = calloc(1, (size_t)min_u64(len, 1u << 20));
@@ -364,6 +368,8 @@ QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset)
 {
     int r = check_writable(img, len, offset);
     if (r < 0)
+        return r;
+    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = img->io->ops->punch_hole(img->io, offset, len);
@@ -474,6 +480,8 @@ QK_API int qk_pwrite_compressed_data(qk_image *img, const void *data, size_t len
         return qk_set_error(img, -EINVAL, "Compressed writes must be cluster aligned");
     if (len == 0 || len >= cs)
         return qk_set_error(img, -EINVAL, "Compressed data must be smaller than a cluster");
+    if ((r = bitmap_track_write(img, offset, min_u64(cs, img->size - offset))) < 0)
+        return r;
     struct l2_slot slot;
     if ((r = l2_entry_get(img, offset, &slot)) < 0)
         return r;
