@@ -185,7 +185,7 @@ static void print_warnings(const qk_image *img)
     while (w && *w) {
         const char *nl = strchr(w, '\n');
         int n = nl ? (int)(nl - w) : (int)strlen(w);
-        fprintf(stderr, "qcowkit: %.*s\n", n, w);
+        fprintf(stderr, "qcowkit: %s%.*s\n", strncmp(w, "warning: ", 9) ? "warning: " : "", n, w);
         w += n + (nl != NULL);
     }
 }

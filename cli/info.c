@@ -22,7 +22,7 @@
 #include "json.h"
 #include "qcowkit.h"
 
-#define MAX_CHAIN 128   /* longer chains are reported as loops */
+#define MAX_CHAIN 256   /* images shown by one --backing-chain */
 
 static void info_help(void)
 {
@@ -102,7 +102,10 @@ static json *qcow2_data_json(const qk_info *in, int human)
         json_set(d, "corrupt", json_bool(in->corrupt));
     }
     json_set(d, "refcount-bits", json_int(in->refcount_bits));
-    if (in->version != 2 && in->nb_bitmaps)
+    /* QEMU ignores the bitmaps extension while autoclear bit 0 is clear (and
+     * in v2 images); its JSON then has no bitmaps. We still show them, with
+     * the reason they cannot be used, in human output. */
+    if (in->version != 2 && in->nb_bitmaps && (human || (in->autoclear_features & 1)))
         json_set(d, "bitmaps", bitmaps_json(in, human));
     json_set(d, "compression-type", json_string(in->compression_type ? "zstd" : "zlib"));
     return d;
@@ -116,8 +119,7 @@ static json *image_json(const qk_info *in, const char *filename)
 
     json_set(o, "filename", json_string(filename));
     json_set(o, "format", json_string(qcow2 ? "qcow2" : "raw"));
-    if (qcow2)
-        json_set(o, "dirty-flag", json_bool(in->dirty));
+    json_set(o, "dirty-flag", json_bool(qcow2 && in->dirty));
     json_set(o, "actual-size", json_uint(in->actual_size));
     json_set(o, "virtual-size", json_uint(in->virtual_size));
     if (qcow2)
@@ -150,7 +152,7 @@ static void print_snapshot_row(const qk_snapshot_info *s)
 
     if (localtime_r(&t, &tm))
         strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-    snprintf(clock, sizeof clock, "%04d:%02d:%02d.%03d", (int)(secs / 3600),
+    snprintf(clock, sizeof clock, "%02d:%02d:%02d.%03d", (int)(secs / 3600),
              (int)((secs / 60) % 60), (int)(secs % 60),
              (int)((s->vm_clock_nsec / 1000000) % 1000));
     if (s->has_icount)
@@ -253,8 +255,12 @@ static int run_info(enum cli_output output, int chain, unsigned flags, const cha
         for (size_t i = 0; i < n; i++)
             if (!strcmp(e[i].name, name))
                 rc = 1;
-        if (rc || n == MAX_CHAIN) {
+        if (rc) {
             cli_error("Backing file '%s' creates an infinite loop.", name);
+            break;
+        }
+        if (n == MAX_CHAIN) {
+            cli_error("Backing chain of '%s' is longer than %d images", filename, MAX_CHAIN);
             rc = 1;
             break;
         }
