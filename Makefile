@@ -23,16 +23,25 @@ endif
 
 HAVE_ZSTD := $(shell pkg-config --exists libzstd 2>/dev/null && echo 1)
 ifeq ($(HAVE_ZSTD),1)
-ZSTD_CFLAGS := -DQK_HAVE_ZSTD $(shell pkg-config --cflags libzstd)
-ZSTD_LIBS := $(shell pkg-config --libs libzstd)
+CODEC_CFLAGS := -DQK_HAVE_ZSTD $(shell pkg-config --cflags libzstd)
+CODEC_LIBS := $(shell pkg-config --libs libzstd)
 else
 $(info qcowkit: libzstd not found; building without zstd support (apt-get install libzstd-dev))
 endif
 
+HAVE_LIBDEFLATE := $(shell pkg-config --exists libdeflate 2>/dev/null && echo 1)
+ifeq ($(HAVE_LIBDEFLATE),1)
+CODEC_CFLAGS += -DQK_HAVE_LIBDEFLATE $(shell pkg-config --cflags libdeflate)
+CODEC_LIBS += $(shell pkg-config --libs libdeflate)
+endif
+
+# bats runs files in parallel only with GNU parallel installed.
+BATS_JOBS := $(shell command -v parallel >/dev/null 2>&1 && echo --jobs 2)
+
 WARN := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
 BASECFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -Iinclude
-LIBCFLAGS := $(BASECFLAGS) -fPIC -fvisibility=hidden -DQK_BUILDING_LIBRARY $(ZSTD_CFLAGS)
-LIBS := -lz $(ZSTD_LIBS) -lpthread
+LIBCFLAGS := $(BASECFLAGS) -fPIC -fvisibility=hidden -DQK_BUILDING_LIBRARY $(CODEC_CFLAGS)
+LIBS := -lz $(CODEC_LIBS) -lpthread
 LDFLAGS_ALL := $(SANFLAGS)
 
 LIB_SRC := $(wildcard src/*.c)
@@ -46,7 +55,7 @@ STATIC := $(B)/libqcowkit.a
 SHARED := $(B)/libqcowkit.so.$(VERSION)
 CLI := $(B)/qcowkit
 
-all: $(STATIC) $(SHARED) $(CLI) $(B)/qcowkit.pc
+all: $(STATIC) $(SHARED) $(CLI)
 
 $(B)/src/%.o: src/%.c $(wildcard src/*.h) include/qcowkit.h
 	@mkdir -p $(dir $@)
@@ -69,25 +78,39 @@ $(SHARED): $(LIB_OBJ) src/libqcowkit.map
 $(CLI): $(CLI_OBJ) $(STATIC)
 	$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS) -lm
 
-$(B)/qcowkit.pc: qcowkit.pc.in Makefile
+# Made at install time, so that it names the PREFIX installed to.
+$(B)/qcowkit.pc: qcowkit.pc.in FORCE
 	@mkdir -p $(B)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS@|$(LIBS)|' $< > $@
 
-# Unit tests link the library's objects directly so they can reach src/ internals.
-$(B)/tests/%: tests/unit/%.c $(LIB_OBJ) $(wildcard tests/unit/*.h)
+FORCE:
+
+# Unit tests link the library's objects directly so they can reach src/
+# internals, plus the shared helpers of tests/unit (files not named test_*).
+UNIT_HELPERS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
+$(B)/tests/%: tests/unit/%.c $(UNIT_HELPERS) $(LIB_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASECFLAGS) $(ZSTD_CFLAGS) -Isrc -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
+	$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka
+
+# Every unit binary runs; the target fails at the end if any failed.
+RUN_UNITS = fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 
 unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	@$(RUN_UNITS)
 
 peers:
-	@tests/install-peers.sh
+	@bash tests/install-peers.sh
 
-# Each bats suite gets the CLI under test through QCOWKIT.
-check: all peers $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
-	QCOWKIT=$(abspath $(CLI)) bats --jobs 2 tests/cli tests/corrupt tests/interop
+# The peers are installed first, then a fresh make sees the libraries they
+# brought (zstd, libdeflate, cmocka). Each bats suite gets the CLI under
+# test through QCOWKIT.
+check: peers
+	@$(MAKE) --no-print-directory check-run
+
+check-run: all $(UNIT_BIN)
+	@unit_rc=0; ($(RUN_UNITS)) || unit_rc=1; \
+	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop || unit_rc=1; \
+	exit $$unit_rc
 
 demo: all
 	@QCOWKIT=$(abspath $(CLI)) sh tools/demo.sh
@@ -95,7 +118,7 @@ demo: all
 bench: all
 	@QCOWKIT=$(abspath $(CLI)) bash bench/run.sh
 
-install: all
+install: all $(B)/qcowkit.pc
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man3
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
@@ -111,4 +134,5 @@ install: all
 clean:
 	rm -rf build build-san
 
-.PHONY: all unit peers check demo bench install clean
+
+.PHONY: FORCE all unit peers check check-run demo bench install clean

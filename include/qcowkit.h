@@ -128,6 +128,53 @@ typedef struct qk_extent {
 QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext);
 
 /* ------------------------------------------------------------------ */
+/* Writing (handles opened with QK_OPEN_RDWR) */
+
+/** Write LEN bytes of guest data at OFFSET. The data is durable after the
+ *  next successful qk_flush() or qk_close(). */
+QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offset);
+
+#define QK_ZERO_MAY_UNMAP 0x1u /**< the range may be deallocated (like qemu-io write -z -u) */
+
+/** Make LEN bytes at OFFSET read as zeros, without writing zero data where
+ *  the format can record it (v3 zero clusters). */
+QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsigned flags);
+
+/** Discard LEN bytes at OFFSET: whole clusters are deallocated (they read as
+ *  zeros on v3 images, as the backing file on v2 images with one), partial
+ *  clusters are left as they are, as QEMU does. */
+QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset);
+
+/** Compress one cluster of guest data (LEN bytes at OFFSET, cluster
+ *  aligned; the last cluster of the disk may be shorter) and store it as a
+ *  compressed cluster, replacing what the cluster held. If it does not
+ *  compress below the cluster size it is written uncompressed, as QEMU does. */
+QK_API int qk_pwrite_compressed(qk_image *img, const void *buf, uint64_t len, uint64_t offset);
+
+/** Compress IN with compression TYPE (0 zlib raw deflate with a 4 KiB window,
+ *  1 zstd) into OUT, which holds *OUTLEN bytes; *OUTLEN gets the size made.
+ *  -ENOSPC if it does not fit. Thread-safe, no handle: for compressing on
+ *  worker threads before qk_pwrite_compressed_data(). */
+QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen);
+
+/** Store DATA (LEN bytes made by qk_compress() with the image's compression
+ *  type from one full cluster of guest data) as the compressed cluster at
+ *  guest OFFSET (cluster aligned). */
+QK_API int qk_pwrite_compressed_data(qk_image *img, const void *data, size_t len, uint64_t offset);
+
+/** The image's compression type (0 zlib, 1 zstd) and cluster size. */
+QK_API int qk_compression_type(const qk_image *img);
+QK_API uint32_t qk_cluster_size(const qk_image *img);
+
+#define QK_RESIZE_SHRINK 0x1u /**< allow the size to go down (data past it is lost) */
+
+/** Change the virtual size to SIZE (a multiple of 512), as `qemu-img resize`. */
+QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags);
+
+/** Write all cached metadata in a crash-safe order and flush the file. */
+QK_API int qk_flush(qk_image *img);
+
+/* ------------------------------------------------------------------ */
 /* Information */
 
 typedef struct qk_snapshot_info {

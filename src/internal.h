@@ -100,14 +100,41 @@ void qk_add_warning(qk_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 #define QK_CORRUPT(img, ...) qk_set_error((img), QK_E_CORRUPT, __VA_ARGS__)
 
-/* ---- cache.c: L2 table cache ------------------------------------------- */
+/* ---- cache.c: L2 table and refcount block cache ------------------------- */
 
 struct qk_cache;
-int cache_new(struct qk_cache **out, size_t table_size, size_t nb_tables);
+int cache_new(struct qk_cache **out, qk_io *io, size_t table_size, size_t nb_tables);
 void cache_free(struct qk_cache *c);
-/* Get the table at host OFFSET (read through IO on a miss). The pointer stays
- * valid until the next cache_get on the same cache. */
-int cache_get(struct qk_cache *c, qk_io *io, uint64_t offset, const uint8_t **table);
+/* Get the table at host OFFSET (read on a miss). The pointer stays valid
+ * until the next cache_get* on the same cache. */
+int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table);
+/* The same, for modification: the table is marked dirty. */
+int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* A new all-zero dirty table at OFFSET (nothing is read). */
+int cache_get_empty(struct qk_cache *c, uint64_t offset, uint8_t **table);
+/* 1 if the table at OFFSET is in the cache. */
+int cache_contains(const struct qk_cache *c, uint64_t offset);
+/* Drop the table at OFFSET without writing it (its cluster was freed). */
+void cache_forget(struct qk_cache *c, uint64_t offset);
+/* Before C writes a table, DEP's dirty tables are written and the file
+ * flushed. May write tables now to break a cycle. */
+int cache_set_dependency(struct qk_cache *c, struct qk_cache *dep);
+/* Before C writes a table, the file is flushed. */
+void cache_depends_on_flush(struct qk_cache *c);
+/* Write every dirty table (honouring dependencies), without a final flush. */
+int cache_write_dirty(struct qk_cache *c);
+/* cache_write_dirty() then flush the file. */
+int cache_flush(struct qk_cache *c);
+
+/* ---- refcount.c: refcounts and the cluster allocator --------------------- */
+
+int refcount_open(qk_image *img);
+void refcount_close(qk_image *img);
+int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value);
+/* Add +1 or -1 to the refcount of every cluster in [off, off+len). */
+int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend);
+/* Allocate N contiguous clusters (refcount 1); *offset gets the first. */
+int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset);
 
 /* ---- cluster.c: guest -> host mapping ----------------------------------- */
 
@@ -120,22 +147,51 @@ enum qk_ctype {
 
 struct qk_map {
     enum qk_ctype type;
-    uint64_t host;        /* NORMAL: host offset of the guest offset; COMPRESSED: descriptor offset */
+    uint64_t host;        /* host offset of the guest offset when has_host; COMPRESSED: data offset */
+    int has_host;         /* NORMAL, ZERO with allocation, or an unallocated subcluster of an allocated cluster */
     uint64_t clen;        /* COMPRESSED: bytes of compressed data */
     uint64_t len;         /* bytes from the guest offset with this same status and contiguous host */
-    int zero_alloc;       /* CT_ZERO with an allocated cluster behind it */
 };
 
 /* Map guest OFFSET..OFFSET+LEN of a qcow2 image: returns the status of the
  * run starting at OFFSET (at most LEN bytes, stopping at an L2 table end). */
 int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
 
+/* Offset and 512-byte sector count of a compressed descriptor (unchecked). */
+void compressed_extent(const qk_image *img, uint64_t entry, uint64_t *coff, uint64_t *nsec);
+
+/* Where one guest cluster's L2 entry lives, and its current value. */
+struct l2_slot {
+    uint64_t l1_index;
+    uint32_t l2_index;
+    uint64_t l2_offset;   /* 0 if the L1 entry is empty */
+    int l2_copied;        /* the L2 table is ours alone (COPIED in L1) */
+    uint64_t entry, bitmap;
+};
+int l2_entry_get(qk_image *img, uint64_t guest_off, struct l2_slot *slot);
+/* Point L1 entry L1_INDEX at VALUE, on disk (synchronously) and in memory. */
+int l1_entry_set(qk_image *img, uint64_t l1_index, uint64_t value);
+/* Make the slot's L2 table exist and be ours alone (allocate or copy it,
+ * then point the L1 entry at it, in QEMU's order). */
+int l2_prepare_write(qk_image *img, struct l2_slot *slot);
+/* Store an entry; DATA_WRITTEN: data was written that the entry points to
+ * (flush it first); REFS_ADDED: refcounts were raised (write them first). */
+int l2_entry_set(qk_image *img, const struct l2_slot *slot, uint64_t entry, uint64_t bitmap,
+                 int data_written, int refs_added);
+
+/* write.c: clear the slot's entry (unallocated) and free what it held. */
+int write_drop_entry(qk_image *img, const struct l2_slot *slot);
+
 /* ---- compress.c -------------------------------------------------------- */
 
 /* Inflate SRC (exactly SLEN bytes) into DST (exactly DLEN bytes) with the
  * image's compression type. Fails with QK_E_CORRUPT unless exactly DLEN bytes
- * come out. */
-int compress_decode(int type, const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen);
+ * come out. *DEC holds reusable decoder state (made on first use, NULL
+ * before; released with compress_decoder_free). */
+struct qk_decoder;
+int compress_decode(struct qk_decoder **dec, int type, const uint8_t *src, size_t slen,
+                    uint8_t *dst, size_t dlen);
+void compress_decoder_free(struct qk_decoder *dec);
 
 /* ---- snapshot.c -------------------------------------------------------- */
 
@@ -167,6 +223,7 @@ struct qk_bitmap {
     uint32_t flags;
     uint8_t type;
     uint8_t gran_bits;
+    uint16_t name_size;
     uint32_t extra_size;
     uint8_t *extra;
     const char *reason;   /* NULL when consistent; a static string otherwise */
@@ -183,8 +240,35 @@ void bitmap_free_all(qk_image *img);
 int backing_open(qk_image *img);
 /* Resolve NAME against the folder of BASE_PATH (malloc'd). */
 char *backing_resolve(const char *base_path, const char *name);
+/* 0 if NAME has a protocol prefix ("nbd:...", "json:..."), else 1. */
+int path_is_plain(const char *name);
+
+/* ---- overlap.c ---------------------------------------------------------- */
+
+/* The metadata structure [off, off+len) would overwrite, or NULL. */
+const char *overlap_find(const qk_image *img, uint64_t off, uint64_t len);
+/* QK_E_CORRUPT (and the corrupt bit set) if [off, off+len) overlaps metadata. */
+int overlap_check(qk_image *img, uint64_t off, uint64_t len);
+/* Set the corrupt bit, refuse further writes, return QK_E_CORRUPT. */
+int image_signal_corruption(qk_image *img, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- lock.c ------------------------------------------------------------- */
+
+/* Take QEMU's lock bytes for this open mode; QK_E_LOCKED with QEMU's message
+ * when another process's locks conflict. */
+int lock_image(qk_image *img);
 
 /* ---- image.c: the handle ------------------------------------------------ */
+
+/* Open an image on an I/O backend (which the handle owns from now on, even
+ * on failure). NAME resolves backing files. qk_open() = file backend + this. */
+int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
+/* Write BUF at OFF of the image file and flush (for header fields and
+ * single table entries, whose order matters); WHAT names it in errors. */
+int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what);
+int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const char *what);
+/* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
+int image_mark_dirty(qk_image *img);
 
 struct qk_image {
     char errmsg[1024];
@@ -212,9 +296,20 @@ struct qk_image {
     uint64_t *l1;          /* host-endian copy of the L1 table */
     uint32_t l1_size;
     struct qk_cache *l2_cache;
+    uint64_t *reftable;    /* host-endian copy of the refcount table (read-write opens) */
+    uint32_t reftable_entries;
+    struct qk_cache *rb_cache;
+    uint32_t refcount_bits;
+    uint64_t refblock_entries;
+    uint64_t free_cluster_index;
+    uint64_t free_byte_offset; /* where the next compressed cluster may be packed, 0 = none */
+    int broken;            /* a corruption event happened: no more writes */
+    uint64_t snapshots_size; /* bytes of the snapshot table */
+    int lazy_dirty;        /* we set the dirty bit (lazy refcounts) and must clear it on close */
     uint8_t *cbuf;         /* one-cluster buffer for decompression */
     uint8_t *zbuf;         /* compressed input buffer (2 clusters) */
     uint64_t cbuf_host;    /* descriptor of what cbuf holds, or UINT64_MAX */
+    struct qk_decoder *decoder;
 
     /* snapshots */
     struct qk_snapshot *snapshots;
@@ -232,6 +327,7 @@ struct qk_image {
     char *backing_fmt_used;/* "qcow2" or "raw" */
     int backing_probed;
     int depth;             /* position in the chain, 0 = top */
+    const qk_image *parent;/* the image this one is the backing file of */
     char *data_file_full;
 };
 

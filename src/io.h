@@ -31,6 +31,10 @@ struct qk_io_ops {
     int (*data_status)(qk_io *io, uint64_t off, uint64_t len, int *is_data, uint64_t *run);
     /* Bytes allocated on the host (st_blocks * 512). */
     int (*allocated_size)(qk_io *io, uint64_t *size);
+    /* Take a shared (read) lock on byte OFF; NULL where locks do not apply. */
+    int (*lock_byte)(qk_io *io, uint64_t off);
+    /* 1 if another open file holds a lock on byte OFF, 0 if not. */
+    int (*lock_test)(qk_io *io, uint64_t off);
     void (*close)(qk_io *io);
 };
 
@@ -45,6 +49,24 @@ int io_posix_open(qk_io **out, const char *path, int mode, int create);
 /* io-mem.c: a private copy of DATA (may be NULL/0). */
 int io_mem_new(qk_io **out, const void *data, size_t len);
 const uint8_t *io_mem_data(qk_io *io, size_t *len);
+
+/* io-fault.c: fail the Nth operation of a kind; record writes and flushes. */
+enum { IO_FAULT_READ = 0, IO_FAULT_WRITE = 1, IO_FAULT_FLUSH = 2 };
+struct io_fault_op {
+    int is_flush;
+    uint64_t offset;
+    size_t len;
+    uint8_t *data;
+};
+struct io_fault;
+struct io_fault *io_fault_new(int record);
+void io_fault_free(struct io_fault *f);
+/* Fail the NTH (1-based, counted from now) operation of KIND; 0 = never. */
+void io_fault_set(struct io_fault *f, int kind, long nth);
+long io_fault_count(const struct io_fault *f, int kind);
+const struct io_fault_op *io_fault_log(const struct io_fault *f, size_t *len);
+/* Wrap INNER (owned by the wrapper from now on); CTL stays the caller's. */
+int io_fault_wrap(qk_io **out, qk_io *inner, struct io_fault *ctl);
 
 static inline int io_pread(qk_io *io, void *buf, size_t len, uint64_t off)
 {
