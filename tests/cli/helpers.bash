@@ -50,7 +50,7 @@ json_eq() {
     a="$(jq -S . <"$1" 2>&1)" || { echo "not JSON ($1): $a" >&2; return 1; }
     b="$(jq -S . <"$2" 2>&1)" || { echo "not JSON ($2): $b" >&2; return 1; }
     [[ "$a" == "$b" ]] && return 0
-    diff -u <(printf '%s\n' "$a") <(printf '%s\n' "$b") | sed 's/^/    /' >&2
+    diff -u --label "$1" --label "$2" <(printf '%s\n' "$a") <(printf '%s\n' "$b") | sed 's/^/    /' >&2
     return 1
 }
 
