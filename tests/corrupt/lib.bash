@@ -15,6 +15,7 @@
 #                       two lines (qemu-img prints "qcow2: Image is corrupt: ..." before its error)
 #                       and io is judged on stdout+stderr (qemu-io prints "read failed" on stdout).
 #                       No sanitizer report, no timeout or crash
+#   qk_refuses REGEX [OPTS] IMG    qk_fails for each of info, map --output=json, convert -O raw
 #   qk_survives CMD ARGS...        $QCOWKIT CMD ARGS exits 0 or 1 within the time limit, no sanitizer
 # The base-image offsets used by the patches are read from the images, not assumed.
 
@@ -101,6 +102,15 @@ qk_fails() { # REGEX CMD ARGS...
         echo "qcowkit $*: unexpected stdout: $(head -3 <<<"$QK_OUT")" >&2
         return 1
     fi
+}
+
+# qk_refuses REGEX [OPTS...] IMG: header-level damage makes every opening command fail alike:
+# info, map --output=json and convert -O raw.
+qk_refuses() {
+    local re="$1" img="${*: -1}" opts=("${@:2:$#-2}")
+    qk_fails "$re" info "${opts[@]}" "$img" || return 1
+    qk_fails "$re" map --output=json "${opts[@]}" "$img" || return 1
+    qk_fails "$re" convert "${opts[@]}" -O raw "$img" "$BATS_TEST_TMPDIR/refused.raw" || return 1
 }
 
 qk_survives() {
