@@ -6,7 +6,9 @@
 #                         else build/qcowkit or build-san/qcowkit of this tree. Never skipped:
 #                         a missing binary fails every test that uses it (qk_bin_ok).
 #   require_peer CMD...   skip the test when a peer tool (qemu-img, jq, ...) is missing;
-#                         under CI=true a missing peer is a failure instead.
+#                         under CI=true a missing peer is a failure instead. In setup_file
+#                         (where bats 1.8 cannot skip) it returns 1 instead of skipping: use
+#                         `require_peer X || return 0` there and call it again in setup().
 #   json_eq A B           compare two JSON files (or <(...)) after `jq -S .`; prints a diff
 #                         and returns 1 when they differ or either is not JSON.
 #   assert_no_sanitizer [TEXT]
@@ -42,6 +44,9 @@ require_peer() {
         echo "missing test peer(s) under CI=true: ${missing[*]} (tests/install-peers.sh)" >&2
         return 1
     fi
+    # bats 1.8 cannot skip from setup_file: there, return 1 so the caller stops preparing, and
+    # call require_peer again in setup(), which skips each test.
+    [[ -n "${BATS_TEST_NAME:-}" ]] || return 1
     skip "missing test peer(s): ${missing[*]}"
 }
 
