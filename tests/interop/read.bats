@@ -141,6 +141,22 @@ chk_convert_raw() {
     for_each_image chk_map_text
 }
 
+@test "chains by absolute path from another folder: info --backing-chain and map JSON equal qemu-img's" {
+    local img n=0 bad=0
+    cd /
+    for img in $(corpus_images "$CORPUS" chain); do
+        n=$((n + 1))
+        if ! { run_both info info --output=json --backing-chain "$CORPUS/$img" && same_json info &&
+            run_both map map --output=json "$CORPUS/$img" && same_json map &&
+            run_both infot info --backing-chain "$CORPUS/$img" && same_text infot; }; then
+            echo "--- FAIL $img (absolute path)"
+            bad=$((bad + 1))
+        fi
+    done
+    echo "== $n chain images, $bad failed"
+    ((n >= 5 && bad == 0))
+}
+
 @test "convert -O raw is byte-identical to qemu-img's on every image (but the 4 TiB one)" {
     for_each_image chk_convert_raw huge
 }
