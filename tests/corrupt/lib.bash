@@ -6,6 +6,7 @@
 #                         s.qcow2   b.qcow2 + one internal snapshot "s1"
 #                         z.qcow2   zlib-compressed clusters 0 and 1 ('A', 'B'), zs.qcow2 the same in zstd
 #                         e.qcow2   extended L2
+#                         bm.qcow2  b.qcow2 + a persistent bitmap "b0"
 #   mk NAME BASE        copy BASE to $BATS_TEST_TMPDIR/NAME.qcow2 and set IMG to it
 #   qemu_fails REGEX CMD ARGS...   qemu-img CMD ARGS must fail with REGEX in its output: this pins
 #                       the message qcowkit must share, and proves the patch did what it says
@@ -16,6 +17,7 @@
 #                       and io is judged on stdout+stderr (qemu-io prints "read failed" on stdout).
 #                       No sanitizer report, no timeout or crash
 #   qk_refuses REGEX [OPTS] IMG    qk_fails for each of info, map --output=json, convert -O raw
+#   qk_salvages REGEX IMG          info exits 0 with a warning matching REGEX; data reads as b.qcow2's
 #   qk_survives CMD ARGS...        $QCOWKIT CMD ARGS exits 0 or 1 within the time limit, no sanitizer
 # The base-image offsets used by the patches are read from the images, not assumed.
 
@@ -35,13 +37,28 @@ corrupt_bases() { # DIR
         qemu-io -c 'write -c -P 0x41 0 64k' -c 'write -c -P 0x42 64k 64k' z.qcow2 >/dev/null &&
         qemu-img create -q -f qcow2 -o compression_type=zstd zs.qcow2 4M &&
         qemu-io -c 'write -c -P 0x41 0 64k' -c 'write -c -P 0x42 64k 64k' zs.qcow2 >/dev/null &&
-        qemu-img create -q -f qcow2 -o extended_l2=on e.qcow2 1M || return 1
+        qemu-img create -q -f qcow2 -o extended_l2=on e.qcow2 1M &&
+        cp b.qcow2 bm.qcow2 && qemu-img bitmap --add bm.qcow2 b0 || return 1
     [[ "$(get_u64 bk.qcow2 8)" == 528 && "$(get_u32 bk.qcow2 16)" == 7 ]] || { echo "bk.qcow2 layout changed" >&2; return 1; }
 }
 
 mk() { # NAME BASE
     IMG="$BATS_TEST_TMPDIR/$1.qcow2"
     cp "$CORRUPT_BASES/$2" "$IMG"
+}
+
+# find_ext MAGIC: offset of the header extension MAGIC in IMG (walks the extension list)
+find_ext() {
+    local off t l n=0
+    off="$(get_u32 "$IMG" 100)"
+    while ((n++ < 64)); do
+        t="$(get_u32 "$IMG" "$off")" l="$(get_u32 "$IMG" $((off + 4)))"
+        ((t == 0)) && break
+        ((t == $1)) && { echo "$off"; return 0; }
+        off=$((off + 8 + (l + 7) / 8 * 8))
+    done
+    echo "extension $1 not found in $IMG" >&2
+    return 1
 }
 
 # L2 entry 0 of IMG: prints "L1_OFFSET L2_OFFSET ENTRY"
@@ -111,6 +128,22 @@ qk_refuses() {
     qk_fails "$re" info "${opts[@]}" "$img" || return 1
     qk_fails "$re" map --output=json "${opts[@]}" "$img" || return 1
     qk_fails "$re" convert "${opts[@]}" -O raw "$img" "$BATS_TEST_TMPDIR/refused.raw" || return 1
+}
+
+# qk_salvages REGEX IMG: the image opens anyway: info exits 0 with a warning line matching REGEX,
+# and convert -O raw gives the same bytes as qemu-img gives for the pristine b.qcow2.
+qk_salvages() {
+    local re="$1" img="$2"
+    _qk_run info "$img" || return 1
+    if [[ $QK_RC != 0 ]] || ! grep -E -- "$re" <<<"$QK_ERR" | grep -q warning; then
+        echo "qcowkit info $img: exit $QK_RC (want 0) and a warning matching /$re/:" >&2
+        echo "$QK_ERR" | head -5 | sed 's/^/  stderr: /' >&2
+        return 1
+    fi
+    _qk_run convert -O raw "$img" "$BATS_TEST_TMPDIR/salvaged.raw" || return 1
+    [[ $QK_RC == 0 ]] || { echo "qcowkit convert $img: exit $QK_RC: $QK_ERR" >&2; return 1; }
+    qemu-img convert -O raw "$CORRUPT_BASES/b.qcow2" "$BATS_TEST_TMPDIR/pristine.raw"
+    cmp "$BATS_TEST_TMPDIR/salvaged.raw" "$BATS_TEST_TMPDIR/pristine.raw" >&2
 }
 
 qk_survives() {
