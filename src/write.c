@@ -86,6 +86,11 @@ static int write_cluster(qk_image *img, uint64_t cstart, uint64_t a, uint64_t n,
     uint64_t host = old & L2E_OFFSET_MASK;
     int compressed = (old & OFLAG_COMPRESSED) != 0;
     int in_place = entry_allocated(img, old) && (old & OFLAG_COPIED);
+    /* A cluster of ours wholly past the end of the file cannot come from a
+     * sane image: writing there could grow the file without bound. */
+    if (in_place && !has_data_file(img) && host >= ((img->file_size + cs - 1) & ~(cs - 1)))
+        return QK_CORRUPT(img, "Data cluster offset %#llx is past the end of the file",
+                          (unsigned long long)host);
     uint32_t u0 = (uint32_t)(a / unit), u1 = (uint32_t)((a + n - 1) / unit);
 
     /* Fast path: our own cluster whose touched units already hold data. */
