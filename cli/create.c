@@ -24,6 +24,7 @@
 
 #include "cli.h"
 #include "imgcommon.h"
+#include "util.h"
 #include "qcowkit.h"
 
 enum opt_type { T_STRING, T_BOOL, T_NUMBER, T_SIZE };
@@ -197,7 +198,7 @@ static int parse_typed(const char *filename, const struct opt_desc *d, const cha
         cli_error("%s: Parameter '%s' expects a number", filename, d->name);
         return -1;
     case T_SIZE:
-        r = cli_strtosz(value, v);
+        r = cli_parse_size(value, v);   /* note: caps at INT64_MAX, qemu at 2^64-1 */
         if (!r)
             return 0;
         if (r == -ERANGE) {
