@@ -36,13 +36,15 @@ nbd_cleanup() {
     local pidf="$BATS_TEST_TMPDIR/qemu-nbd.pid" pid i
     [[ -s "$pidf" ]] || return 0
     pid="$(cat "$pidf")"
-    kill "$pid" 2>/dev/null
-    # the image stays locked until qemu-nbd is gone
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
+    # The export is read-only (-r: QEMU writes nothing to the image), and qemu-nbd 7.2 takes
+    # 1.5-2 s to exit on SIGTERM: SIGKILL it.
     kill -9 "$pid" 2>/dev/null
+    # The image stays locked until qemu-nbd is gone. A --fork'ed qemu-nbd is not our child: once
+    # dead it may stay a zombie until init reaps it, but its files (and locks) are closed by then.
+    for ((i = 0; i < 500; i++)); do
+        [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == [^Z] ]] || break
+        sleep 0.01
+    done
     rm -f "$pidf"
 }
 
