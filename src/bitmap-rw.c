@@ -197,6 +197,13 @@ int bitmap_track_write(qk_image *img, uint64_t off, uint64_t len)
 int bitmap_open_writable(qk_image *img)
 {
     struct qk_header *h = &img->hdr;
+    if (!h->has_bitmaps_ext && (h->autoclear & AUTOCLEAR_BITMAPS)) {
+        /* Bit 0 without the extension (the spec forbids it): QEMU would
+         * take the missing directory for one at offset 0 and refuse every
+         * later write as overlapping it. We do not maintain the bit here. */
+        h->autoclear &= ~AUTOCLEAR_BITMAPS;
+        return image_rewrite_header(img);
+    }
     if (!h->has_bitmaps_ext || (h->autoclear & AUTOCLEAR_BITMAPS && h->version >= 3))
         return 0;
     /* A program without bitmap support wrote the image: the extension
