@@ -210,6 +210,12 @@ in_use() {
     [[ $status == 0 ]]
 }
 
+@test "--add with too much bitmap data and a 1024-byte name: the size is checked first" {
+    (cd f && qemu-img create -q -f qcow2 huge.qcow2 4T)
+    both --add -g 512 huge.qcow2 "$(printf 'n%.0s' {1..1024})"
+    [[ $status == 1 && $output == *"Too much space will be occupied by the bitmap. Use larger granularity" ]]
+}
+
 @test "--add to a raw image" {
     both --add -f raw r.img b
     [[ $status == 1 && $output == *"Can't store persistent bitmaps to r.img: Operation not supported" ]]
