@@ -443,17 +443,24 @@ Try block-dirty-bitmap-remove to delete this bitmap from disk" ]]
     assert_no_sanitizer
 }
 
-@test "--dump reads an image another process is writing? no: QEMU's lock refuses" {
+@test "--dump of an image another process is writing: QEMU's lock refuses" {
     twins
-    # qemu-io holds the image read-write while it sleeps
-    qemu-io -c 'sleep 3000' k/s.qcow2 &
+    # qemu-io holds the image read-write while it sleeps. Nothing else opens the image until
+    # qemu-io has it open (a read-only open refuses writers and could make qemu-io fail).
+    qemu-io -c 'sleep 5000' k/s.qcow2 &
     local pid=$! i
-    for ((i = 0; i < 100; i++)); do
-        qemu-img info k/s.qcow2 >/dev/null 2>&1 || break
-        sleep 0.05
+    for ((i = 0; i < 200; i++)); do
+        ls -l "/proc/$pid/fd" 2>/dev/null | grep -q 's\.qcow2' && break
+        sleep 0.02
     done
+    sleep 0.3
     run "$QCOWKIT" bitmap --dump k/s.qcow2 s
-    kill "$pid"
+    kill "$pid" || true
     wait "$pid" || true
     [[ $status == 1 && $output == *"Failed to get shared \"write\" lock"* ]]
+}
+
+@test "-b naming the image itself: QEMU's lock refuses" {
+    both --merge s -b s.qcow2 s.qcow2 s
+    [[ $status == 1 && $output == *"Could not open 's.qcow2': Failed to get shared \"write\" lock"* ]]
 }
