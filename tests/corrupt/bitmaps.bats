@@ -24,7 +24,7 @@ load lib
 
 setup_file() {
     export BATS_NO_PARALLELIZE_WITHIN_FILE=true
-    require_peer qemu-img qemu-io jq || return 0
+    require_peer qemu-img qemu-io qemu-nbd nbdinfo jq || return 0
     qk_bin_ok
     local d="$BATS_FILE_TMPDIR/bases"
     mkdir -p "$d" && cd "$d" || return 1
@@ -36,7 +36,7 @@ setup_file() {
 }
 
 setup() {
-    require_peer qemu-img qemu-io jq
+    require_peer qemu-img qemu-io qemu-nbd nbdinfo jq
     qk_bin_ok
     cd "$BATS_TEST_TMPDIR"
     IMG="$BATS_TEST_TMPDIR/p.qcow2"
