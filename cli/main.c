@@ -19,6 +19,7 @@ static const struct {
     { "convert", cmd_convert, "convert an image to another format" },
     { "compare", cmd_compare, "compare the guest contents of two images" },
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
+    { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
 };
 
 void cli_error(const char *fmt, ...)
