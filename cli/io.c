@@ -773,6 +773,55 @@ static void io_usage(FILE *f)
                "Run 'qcowkit io -c help IMG' for the commands.\n");
 }
 
+/* Open IMG for the session (qemu-io's "can't open device" wording). */
+static int open_device(io_ctx *ctx, const char *path, const char *fmt, unsigned flags)
+{
+    int rc;
+
+    if ((flags & QK_OPEN_FORCE_SHARE) && (flags & QK_OPEN_RDWR)) {
+        cli_error("can't open device %s: force-share=on can only be used with read-only images", path);
+        return -1;
+    }
+    if (cli_format_flags(fmt, &flags) < 0) {
+        cli_error("can't open device %s: Unknown driver '%s'", path, fmt);
+        return -1;
+    }
+    if ((rc = qk_image_new(&ctx->img)) == 0)
+        rc = qk_open(ctx->img, path, flags);
+    if (rc < 0) {
+        cli_error("can't open device %s: %s", path, cli_errstr(ctx->img, rc));
+        qk_close(ctx->img);
+        ctx->img = NULL;
+        return -1;
+    }
+    ctx->readonly = !(flags & QK_OPEN_RDWR);
+    return 0;
+}
+
+/* Commands from standard input, one a line, after a prompt. Returns the
+ * last failure (< 0) or 0. */
+static int run_stdin(io_ctx *ctx)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int last_error = 0;
+
+    while (!ctx->quit) {
+        printf("qcowkit> ");
+        fflush(stdout);
+        if ((n = getline(&line, &cap, stdin)) < 0)
+            break;
+        if (n > 0 && line[n - 1] == '\n')
+            line[n - 1] = '\0';
+        int rc = run_line(ctx, line);
+        if (rc < 0)
+            last_error = rc;
+    }
+    free(line);
+    return last_error;
+}
+
 int cmd_io(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -783,14 +832,13 @@ int cmd_io(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char **cmds = NULL, *fmt = NULL;
+    const char **cmds, *fmt = NULL;
     size_t ncmds = 0;
     unsigned flags = QK_OPEN_RDWR;
     io_ctx ctx = { 0 };
-    int c, last_error = 0;
+    int c, rc, last_error = 0;
 
-    cmds = calloc((size_t)argc, sizeof *cmds);
-    if (!cmds)
+    if (!(cmds = calloc((size_t)argc, sizeof *cmds)))
         return 1;
     while ((c = getopt_long(argc, argv, ":c:f:rUh", longopts, NULL)) != -1) {
         switch (c) {
@@ -806,54 +854,20 @@ int cmd_io(int argc, char **argv)
         free(cmds);
         return cli_usage_error("io: expecting one image file name");
     }
-    if ((flags & QK_OPEN_FORCE_SHARE) && (flags & QK_OPEN_RDWR)) {
-        cli_error("can't open device %s: force-share=on can only be used with read-only images", argv[optind]);
+    if (open_device(&ctx, argv[optind], fmt, flags) < 0) {
         free(cmds);
         return 1;
     }
-    if (cli_format_flags(fmt, &flags) < 0) {
-        cli_error("can't open device %s: Unknown driver '%s'", argv[optind], fmt);
-        free(cmds);
-        return 1;
-    }
-    {
-        int rc = qk_image_new(&ctx.img);
-        if (rc == 0)
-            rc = qk_open(ctx.img, argv[optind], flags);
-        if (rc < 0) {
-            cli_error("can't open device %s: %s", argv[optind], cli_errstr(ctx.img, rc));
-            qk_close(ctx.img);
-            free(cmds);
-            return 1;
-        }
-    }
-    ctx.readonly = !(flags & QK_OPEN_RDWR);
-
-    if (ncmds) {
-        for (size_t i = 0; i < ncmds && !ctx.quit; i++) {
-            int rc = run_line(&ctx, cmds[i]);
-            if (rc < 0)
-                last_error = rc;
-        }
-    } else {
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t n;
-        while (!ctx.quit) {
-            printf("qcowkit> ");
-            fflush(stdout);
-            if ((n = getline(&line, &cap, stdin)) < 0)
-                break;
-            if (n > 0 && line[n - 1] == '\n')
-                line[n - 1] = '\0';
-            int rc = run_line(&ctx, line);
-            if (rc < 0)
-                last_error = rc;
-        }
-        free(line);
-    }
+    if (ncmds == 0)
+        last_error = run_stdin(&ctx);
+    for (size_t i = 0; i < ncmds && !ctx.quit; i++)
+        if ((rc = run_line(&ctx, cmds[i])) < 0)
+            last_error = rc;
     free(cmds);
-    if (qk_close(ctx.img) < 0 && !last_error)
-        last_error = -EIO;
+    /* Closing flushes a writable image; say so if that fails. */
+    if ((rc = qk_close(ctx.img)) < 0) {
+        cli_error("%s", qk_strerror(rc));
+        last_error = rc;
+    }
     return last_error < 0 ? 1 : 0;
 }
