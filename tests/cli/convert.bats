@@ -29,7 +29,8 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
     mk a.qcow2 100M
     same_convert a.qcow2
     (( $(stat -c %s out.raw) == 100 * 1024 * 1024 ))
-    (( $(allocated_kib out.raw) == 0 ))
+    # at most the first block, which QEMU's raw create allocates too
+    (( $(allocated_kib out.raw) <= 4 ))
 }
 
 @test "convert: zero clusters and zero data become holes" {
@@ -273,6 +274,16 @@ same_qcow2() {
 @test "convert: output cannot be created" {
     mk a.qcow2 1M
     same_img convert -O raw a.qcow2 nosuchdir/out.raw
+}
+
+@test "convert: onto its own source fails on QEMU's lock and keeps the source" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 5 0 64k'
+    cp a.qcow2 b.qcow2
+    same_img convert -O raw a.qcow2 a.qcow2
+    cmp a.qcow2 b.qcow2
+    same_img convert -O qcow2 a.qcow2 a.qcow2
+    cmp a.qcow2 b.qcow2
 }
 
 @test "convert: bad -m" {
