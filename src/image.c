@@ -261,8 +261,6 @@ static int open_qcow2(qk_image *img)
         return QK_CORRUPT(img, "L1 table is too small");
     if ((r = validate_table(img, h->l1_offset, h->l1_size, 8, MAX_L1_BYTES, "Active L1 table")) < 0)
         return r;
-    if (h->nb_snapshots > MAX_SNAPSHOTS)
-        return QK_CORRUPT(img, "Too many snapshots");
     if ((r = validate_table(img, h->snapshots_offset, h->nb_snapshots, SNAP_FIXED_SIZE,
                             (uint64_t)SNAP_FIXED_SIZE * MAX_SNAPSHOTS, "Snapshot table")) < 0)
         return r;

@@ -129,6 +129,10 @@ int cache_flush(struct qk_cache *c);
 /* ---- refcount.c: refcounts and the cluster allocator --------------------- */
 
 int refcount_open(qk_image *img);
+/* Load the refcount table if it is not yet (read-only opens load it lazily). */
+int refcount_ensure(qk_image *img);
+/* 1 if the image looks made with preallocation=metadata (QEMU's heuristic). */
+int refcount_detect_metadata_prealloc(qk_image *img);
 void refcount_close(qk_image *img);
 int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value);
 /* Add +1 or -1 to the refcount of every cluster in [off, off+len). */
@@ -157,6 +161,9 @@ struct qk_map {
  * run starting at OFFSET (at most LEN bytes, stopping at an L2 table end). */
 int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
 
+/* Validate a CT_COMPRESSED mapping's host range against the file (QEMU only
+ * notices a bad descriptor when it reads it, so block status does not). */
+int compressed_check(qk_image *img, struct qk_map *m);
 /* Offset and 512-byte sector count of a compressed descriptor (unchecked). */
 void compressed_extent(const qk_image *img, uint64_t entry, uint64_t *coff, uint64_t *nsec);
 
@@ -347,6 +354,8 @@ struct qk_image {
     uint32_t refcount_bits;
     uint64_t refblock_entries;
     uint64_t free_cluster_index;
+    int prealloc_checked;  /* meta_prealloc has been computed */
+    int meta_prealloc;     /* block status asks the file for holes in data clusters */
     uint64_t free_byte_offset; /* where the next compressed cluster may be packed, 0 = none */
     int broken;            /* a corruption event happened: no more writes */
     uint64_t snapshots_size; /* bytes of the snapshot table */
