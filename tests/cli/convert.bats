@@ -4,6 +4,10 @@
 
 load oracle
 
+teardown() {
+    release_image
+}
+
 setup() {
     oracle_setup
 }
@@ -303,4 +307,13 @@ same_qcow2() {
     same_img convert -O raw a.qcow2 out.raw || true
     [[ $k_rc == 1 && $q_rc == 1 ]]
     [[ ${k_err%%$'\n'*} == "$q_err" ]]
+}
+
+@test "convert: an image a writer holds needs -U" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 5 0 64k'
+    hold_image a.qcow2
+    same_img convert -O raw a.qcow2 out.raw
+    [[ $k_rc == 1 ]]
+    same_convert a.qcow2 -U
 }

@@ -4,6 +4,10 @@
 
 load oracle
 
+teardown() {
+    release_image
+}
+
 setup() {
     oracle_setup
     qemu-img create -q -f qcow2 a.qcow2 1M
@@ -251,4 +255,12 @@ setup() {
 @test "io: writes through a backing chain copy on write" {
     qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 top.qcow2
     same_io_write top.qcow2 -c 'write -P 0x22 4k 512' -c 'read -v 0 16' -c 'read -P 0x22 4k 512' -c 'map'
+}
+
+@test "io: an image a writer holds can only be read with -r -U" {
+    hold_image a.qcow2
+    same_io -c 'read 0 1' a.qcow2
+    same_io -r -c 'read 0 1' a.qcow2
+    same_io -r -U -c 'read -P 0xab 0 64k' a.qcow2
+    [[ $k_rc == 0 ]]
 }

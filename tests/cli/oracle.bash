@@ -124,3 +124,27 @@ same_io_write() {
     qemu-img compare "q-$img" "k-$img" >/dev/null || { echo "contents differ" >&2; return 1; }
     qemu-img check -q "k-$img" || { echo "qemu-img check failed on k-$img" >&2; return 1; }
 }
+
+# hold_image IMG: keep IMG open for writing in a qemu-nbd process, as a
+# running VM would (QEMU's write locks); release_image (call it from
+# teardown) stops it.
+hold_image() {
+    need qemu-nbd
+    local sock="$BATS_TEST_TMPDIR/hold.sock" i
+    qemu-nbd -t -k "$sock" "$1" </dev/null >/dev/null 2>&1 3>&- &
+    echo $! >"$BATS_TEST_TMPDIR/hold.pid"
+    for ((i = 0; i < 100; i++)); do
+        [[ -S $sock ]] && return 0
+        sleep 0.05
+    done
+    echo "qemu-nbd did not start" >&2
+    return 1
+}
+
+release_image() {
+    local f="$BATS_TEST_TMPDIR/hold.pid"
+    [[ -f $f ]] || return 0
+    kill "$(cat "$f")" 2>/dev/null || true
+    wait "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+}
