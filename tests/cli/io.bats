@@ -264,3 +264,19 @@ setup() {
     same_io -r -U -c 'read -P 0xab 0 64k' a.qcow2
     [[ $k_rc == 0 ]]
 }
+
+@test "io: alloc counts the allocated bytes of a range" {
+    same_io_write a.qcow2 -c 'alloc 0' -c 'alloc 0 128k' -c 'alloc 64k 64k' -c 'alloc 1000 1' -c 'alloc 1000 0' -c 'a 0 2M'
+}
+
+@test "io: alloc at or past the end" {
+    same_io -c 'alloc 1M' -c 'alloc 2M 1' -c 'alloc x' a.qcow2
+}
+
+@test "io: truncate grows and shrinks" {
+    same_io_write a.qcow2 -c 'truncate 2M' -c 'length' -c 'truncate 32k' -c 'length' -c 't 1M' -c 'map' -c 'read -v 32k 16'
+}
+
+@test "io: truncate to a size that is not a multiple of 512" {
+    same_io_write a.qcow2 -c 'truncate 1000' -c 'length'
+}
