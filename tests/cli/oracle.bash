@@ -1,24 +1,13 @@
 # tests/cli/oracle.bash - helpers for bats tests that run qcowkit and its QEMU
-# oracle (qemu-img / qemu-io) on the same input and compare what they print.
-# Owned by the convert/compare/io tests; load with `load oracle`.
+# oracle (qemu-img / qemu-io) on the same input and compare what they print,
+# stdout and stderr apart (qemu-io puts messages on both). Owned by the
+# convert/compare/io tests; load with `load oracle`. QCOWKIT and
+# require_peer come from img_helpers.bash.
 
-QCOWKIT=${QCOWKIT:-$BATS_TEST_DIRNAME/../../build/qcowkit}
-
-# need TOOL...: skip the test when a QEMU tool is missing, fail under CI=true.
-need() {
-    local t
-    for t in "$@"; do
-        command -v "$t" >/dev/null 2>&1 && continue
-        if [[ ${CI:-} == true ]]; then
-            echo "$t is required under CI=true (apt-get install qemu-utils)" >&2
-            return 1
-        fi
-        skip "$t is not installed"
-    done
-}
+source "$BATS_TEST_DIRNAME/img_helpers.bash"
 
 oracle_setup() {
-    need qemu-img qemu-io
+    require_peer qemu-img qemu-io jq
     cd "$BATS_TEST_TMPDIR"
 }
 
@@ -129,7 +118,7 @@ same_io_write() {
 # running VM would (QEMU's write locks); release_image (call it from
 # teardown) stops it.
 hold_image() {
-    need qemu-nbd
+    require_peer qemu-nbd
     local sock="$BATS_TEST_TMPDIR/hold.sock" i
     qemu-nbd -t -k "$sock" "$1" </dev/null >/dev/null 2>&1 3>&- &
     echo $! >"$BATS_TEST_TMPDIR/hold.pid"
