@@ -126,6 +126,9 @@ make_chain() {
     # holes inside allocated subclusters (qcow2_detect_metadata_preallocation).
     qemu-img create -q -f qcow2 -o cluster_size=2M,extended_l2=on x.qcow2 100M
     qemu-io -c 'write 0 3k' -c 'write 70k 1k' -c 'write -z 4M 64k' x.qcow2 >/dev/null
+    # small writes into many more clusters keep the image far from the
+    # heuristic's threshold (allocated bytes vs refcounted clusters)
+    for i in $(seq 3 12); do qemu-io -c "write $((i * 2))M 3k" x.qcow2 >/dev/null; done
     # The heuristic reads the file's allocated size, which changes while the
     # page cache writes back: settle it so that both tools see the same.
     sync x.qcow2
