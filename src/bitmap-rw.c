@@ -74,17 +74,8 @@ static int read_table(qk_image *img, struct qk_bitmap *b, uint64_t **out)
         return qk_set_error(img, r, "Could not read bitmap table of '%s': %s", b->name, qk_strerror(r));
     }
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t e = be64_load(&t[i]), off = e & BME_TABLE_OFFSET_MASK;
-        t[i] = e;
-        const char *why = NULL;
-        if (e & BME_TABLE_RESERVED)
-            why = "a bitmap table entry has reserved bits set";
-        else if (off && (e & BME_TABLE_ALL_ONES))
-            why = "a bitmap table entry has both an offset and the all-ones flag";
-        else if (off && !is_aligned(off, img->cluster_size))
-            why = "a bitmap table entry is not cluster aligned";
-        else if (off && off + img->cluster_size > img->file_size)
-            why = "a bitmap data cluster is past the end of the file";
+        t[i] = be64_load(&t[i]);
+        const char *why = bitmap_table_entry_problem(img, t[i]);
         if (why) {
             free(t);
             b->reason = why;
