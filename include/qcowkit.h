@@ -297,8 +297,14 @@ typedef struct qk_create_opts {
     const char *data_file;
     int data_file_raw;
     int no_backing_check;      /**< like qemu-img create -u: don't open the backing file */
-    int preallocation;         /**< 0 off (others come with the write path) */
+    int preallocation;         /**< QK_PREALLOC_*: as qemu-img's preallocation= */
 } qk_create_opts;
+
+/* qk_create_opts.preallocation (the values of QEMU's PreallocMode) */
+#define QK_PREALLOC_OFF      0 /**< nothing allocated beyond the L1 table */
+#define QK_PREALLOC_METADATA 1 /**< L2 tables and data clusters mapped, not written */
+#define QK_PREALLOC_FALLOC   2 /**< also reserve the data area with fallocate */
+#define QK_PREALLOC_FULL     3 /**< also write zeros over the data area */
 
 #define QK_CREATE_OPTS_VERSION 1
 #define QK_CREATE_OPTS_INIT { QK_CREATE_OPTS_VERSION, QK_FMT_QCOW2, 0, 3, 65536, 16, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0 }

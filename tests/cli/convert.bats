@@ -1,0 +1,217 @@
+#!/usr/bin/env bats
+# qcowkit convert -O raw against qemu-img convert -O raw 7.2: the same bytes,
+# a sparse output, and the same messages and exit codes.
+
+load oracle
+
+setup() {
+    oracle_setup
+}
+
+mk() { qemu-img create -q -f qcow2 "$@"; }
+wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null; done; }
+
+@test "convert: half-allocated image" {
+    mk a.qcow2 16M
+    for i in 0 2 4 6 8 10 12 14; do wr a.qcow2 "write -P $((i + 1)) ${i}M 1M"; done
+    same_convert a.qcow2
+}
+
+@test "convert: output is sparse where the source is unallocated" {
+    mk a.qcow2 64M
+    wr a.qcow2 'write -P 1 32M 64k'
+    same_convert a.qcow2
+    (( $(stat -c %s out.raw) == 64 * 1024 * 1024 ))
+    (( $(allocated_kib out.raw) <= 64 + 4 ))
+}
+
+@test "convert: an empty image becomes a hole of its virtual size" {
+    mk a.qcow2 100M
+    same_convert a.qcow2
+    (( $(stat -c %s out.raw) == 100 * 1024 * 1024 ))
+    (( $(allocated_kib out.raw) == 0 ))
+}
+
+@test "convert: zero clusters and zero data become holes" {
+    mk a.qcow2 4M
+    wr a.qcow2 'write -z 0 1M' 'write -P 0 1M 1M' 'write -P 1 2M 4k'
+    same_convert a.qcow2
+    (( $(allocated_kib out.raw) <= 8 ))
+}
+
+@test "convert: backing chain" {
+    mk base.qcow2 4M
+    wr base.qcow2 'write -P 0x11 0 1M' 'write -P 0x22 3M 512k'
+    mk top.qcow2 -b base.qcow2 -F qcow2 6M
+    wr top.qcow2 'write -P 0x33 512k 64k' 'write -z 3M 64k' 'write -P 0x44 5M 4k'
+    same_convert top.qcow2
+}
+
+@test "convert: zlib-compressed clusters" {
+    mk a.qcow2 4M
+    wr a.qcow2 'write -c -P 0x55 0 64k' 'write -c -P 0x56 1M 64k' 'write -P 0x57 2M 64k'
+    same_convert a.qcow2
+}
+
+@test "convert: zstd-compressed clusters" {
+    mk a.qcow2 -o compression_type=zstd 2M
+    wr a.qcow2 'write -c -P 0x77 0 64k' 'write -c -P 0x78 128k 64k'
+    same_convert a.qcow2
+}
+
+@test "convert: compressed image made by qemu-img convert -c" {
+    mk a.qcow2 8M
+    for i in 0 1 2 3; do wr a.qcow2 "write -P $((i + 0x30)) $((i * 2))M 1536k"; done
+    qemu-img convert -c -O qcow2 a.qcow2 c.qcow2
+    same_convert c.qcow2
+}
+
+@test "convert: extended L2 subclusters" {
+    mk a.qcow2 -o extended_l2=on,cluster_size=128k 3M
+    wr a.qcow2 'write -P 0x55 4k 4k' 'write -P 0x66 1M 12345' 'write -z 1052672 8k'
+    same_convert a.qcow2
+}
+
+@test "convert: version 2 image" {
+    mk a.qcow2 -o compat=0.10 2M
+    wr a.qcow2 'write -P 0x79 7 100000'
+    same_convert a.qcow2
+}
+
+@test "convert: 512-byte clusters" {
+    mk a.qcow2 -o cluster_size=512 1M
+    wr a.qcow2 'write -P 0x7a 1000 100000'
+    same_convert a.qcow2
+}
+
+@test "convert: 2 MiB clusters" {
+    mk a.qcow2 -o cluster_size=2M 5M
+    wr a.qcow2 'write -P 0x7b 3M 100000'
+    same_convert a.qcow2
+}
+
+@test "convert: virtual size not a multiple of the cluster size" {
+    mk a.qcow2 1000448
+    wr a.qcow2 'write -P 0x7c 999424 1024'
+    same_convert a.qcow2
+}
+
+@test "convert: zero-size image" {
+    mk a.qcow2 0
+    same_convert a.qcow2
+    [[ $(stat -c %s out.raw) == 0 ]]
+}
+
+@test "convert: the active layer of an image with an internal snapshot" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 1 0 64k'
+    qemu-img snapshot -c s1 a.qcow2
+    wr a.qcow2 'write -P 2 0 32k'
+    same_convert a.qcow2
+}
+
+@test "convert: raw source" {
+    head -c 1M /dev/urandom > a.raw
+    truncate -s 3M a.raw
+    same_convert a.raw
+    same_convert a.raw -f raw
+}
+
+@test "convert: raw source whose size is not a multiple of 512" {
+    skip "library: a raw image's virtual size is not yet rounded up to 512 bytes as in QEMU"
+    head -c 100000 /dev/urandom > a.raw
+    same_convert a.raw
+}
+
+@test "convert: one thread and many threads give the same bytes" {
+    mk a.qcow2 16M
+    for i in 1 5 9 13; do wr a.qcow2 "write -P $i ${i}M 1536k"; done
+    same_convert a.qcow2 -m 1
+    same_convert a.qcow2 -m 16
+}
+
+@test "convert: an existing larger output is replaced" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 3 0 4k'
+    head -c 3M /dev/urandom > out.raw
+    same_convert a.qcow2
+    [[ $(stat -c %s out.raw) == 1048576 ]]
+}
+
+@test "convert: -O defaults to raw" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 3 0 4k'
+    qemu-img convert a.qcow2 ref.raw
+    "$QCOWKIT" convert a.qcow2 out.raw
+    cmp ref.raw out.raw
+}
+
+@test "convert -p: progress meter from 0 to 100" {
+    mk a.qcow2 4M
+    wr a.qcow2 'write -P 3 0 1M' 'write -P 4 3M 1M'
+    run "$QCOWKIT" convert -p -O raw a.qcow2 out.raw
+    [[ $status == 0 ]]
+    [[ $output == "    (0.00/100%)"$'\r'*"    (100.00/100%)"$'\r' ]]
+}
+
+@test "convert -q -p: quiet wins" {
+    mk a.qcow2 1M
+    same_img convert -q -p -O raw a.qcow2 out.raw
+    [[ -z $k_out ]]
+}
+
+@test "convert -O qcow2: not supported yet" {
+    mk a.qcow2 1M
+    run "$QCOWKIT" convert -O qcow2 a.qcow2 out.qcow2
+    [[ $status == 1 && $output == *"not supported yet"* ]]
+}
+
+@test "convert: unknown output format" {
+    mk a.qcow2 1M
+    same_img convert -O nosuchfmt a.qcow2 out.raw
+}
+
+@test "convert: unknown input driver" {
+    mk a.qcow2 1M
+    same_img convert -f nosuchfmt -O raw a.qcow2 out.raw
+}
+
+@test "convert: missing source" {
+    same_img convert -O raw nosuch.qcow2 out.raw
+    [[ $k_rc == 1 ]]
+}
+
+@test "convert: -f qcow2 on a raw file" {
+    truncate -s 1M a.raw
+    same_img convert -f qcow2 -O raw a.raw out.raw
+}
+
+@test "convert: no output file name" {
+    mk a.qcow2 1M
+    same_img convert -O raw a.qcow2
+}
+
+@test "convert: output cannot be created" {
+    mk a.qcow2 1M
+    same_img convert -O raw a.qcow2 nosuchdir/out.raw
+}
+
+@test "convert: bad -m" {
+    mk a.qcow2 1M
+    same_img convert -m 0 -O raw a.qcow2 out.raw
+    same_img convert -m 17 -O raw a.qcow2 out.raw
+}
+
+@test "convert: unknown option and missing argument" {
+    same_img convert -x a b
+    same_img convert -O
+}
+
+@test "convert: a cluster that cannot be read is an I/O error" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -c -P 0x55 0 64k'
+    corrupt_first_compressed a.qcow2
+    same_img convert -O raw a.qcow2 out.raw || true
+    [[ $k_rc == 1 && $q_rc == 1 ]]
+    [[ ${k_err%%$'\n'*} == "$q_err" ]]
+}
