@@ -19,6 +19,7 @@ static const struct {
     { "convert", cmd_convert, "convert an image to another format" },
     { "compare", cmd_compare, "compare the guest contents of two images" },
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
+    { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
 };
 
 void cli_error(const char *fmt, ...)
