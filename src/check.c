@@ -81,6 +81,8 @@ struct ck {
     uint8_t *buf;           /* one L2 table */
     struct ck_bitmap *bm;
     int count_bitmaps;      /* the bitmaps extension is counted (QEMU loads it) */
+    uint64_t *over;         /* clusters whose references overflowed, sorted */
+    uint64_t nb_over;
 };
 
 static void msg(struct ck *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -209,6 +211,13 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
             msg(c, "Use qemu-img amend to increase the refcount entry width or qemu-img convert "
                    "to create a clean copy if the image cannot be opened for writing");
             c->res->corruptions++;
+            if (!c->nb_over || c->over[c->nb_over - 1] < k) {
+                uint64_t *o = realloc(c->over, (c->nb_over + 1) * 8);
+                if (o) {
+                    c->over = o;
+                    o[c->nb_over++] = k;
+                }
+            }
             continue;
         }
         if (v + 1 < CK_BIG && c->rc[k] != CK_BIG)
@@ -704,13 +713,13 @@ static int calculate(struct ck *c)
     for (uint32_t i = 0; i < img->nb_snapshots; i++) {
         const struct qk_snapshot *sn = &img->snapshots[i];
         if (!is_aligned(sn->l1_offset, c->cs)) {
-            msg(c, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 array is not correctly aligned",
+            msg(c, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is not cluster aligned; snapshot table entry corrupted",
                 sn->id, sn->name, sn->l1_offset);
             c->res->corruptions++;
             continue;
         }
         if (sn->l1_size > MAX_L1_BYTES / 8) {
-            msg(c, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 array is too large; snapshot table "
+            msg(c, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is too large; snapshot table "
                    "entry corrupted", sn->id, sn->name, sn->l1_size);
             c->res->corruptions++;
             continue;
@@ -966,6 +975,278 @@ static int check_copied(struct ck *c, unsigned fix)
     return 0;
 }
 
+/* ---- entry repairs beyond QEMU ------------------------------------------- */
+
+/* What a guest cluster becomes when its entry cannot be kept: reads as
+ * zeros (v3), unallocated (v2, which has no zero clusters). */
+static void zero_entry(const struct ck *c, uint64_t *e, uint64_t *bm)
+{
+    const qk_image *img = c->img;
+    *e = img->hdr.version >= 3 && !img->extl2 ? OFLAG_ZERO : 0;
+    *bm = img->extl2 ? 0xffffffff00000000ull : 0;
+}
+
+/* One active L2 entry: the problems QEMU's repair leaves (it reports them
+ * again on every check). Returns what was wrong, or NULL. */
+static const char *fix_l2_entry(const struct ck *c, uint64_t *e, uint64_t *bm)
+{
+    const qk_image *img = c->img;
+    enum ctype t = l2_type(c, *e);
+    if (t == CT_COMPRESSED_) {
+        uint64_t coff, nsec;
+        compressed_extent(img, *e, &coff, &nsec);
+        if (coff + nsec * 512 > c->file_len + c->cs - 1 || coff < c->cs) {
+            zero_entry(c, e, bm);
+            return "compressed data outside the file; the cluster now reads as zeros";
+        }
+        if (*e & OFLAG_COPIED) {
+            *e &= ~OFLAG_COPIED;
+            return "COPIED set on a compressed cluster; cleared";
+        }
+        if (*bm) {
+            *bm = 0;
+            return "subcluster bitmap on a compressed cluster; cleared";
+        }
+        return NULL;
+    }
+    if (*e & L2E_STD_RESERVED) {
+        *e &= ~L2E_STD_RESERVED;
+        return "reserved bits cleared";
+    }
+    if (img->hdr.version < 3 && (*e & OFLAG_ZERO)) {
+        *e = 0;
+        return "zero cluster in a pre-v3 image; now unallocated (reads as zeros)";
+    }
+    if (t == CT_NORMAL_ || t == CT_ZERO_ALLOC_) {
+        uint64_t off = *e & L2E_OFFSET_MASK;
+        int has_data = img->extl2 ? (*bm & 0xffffffffull) != 0 : !(*e & OFLAG_ZERO);
+        if (!is_aligned(off, c->cs) && has_data) {
+            zero_entry(c, e, bm);
+            return "unaligned data cluster; the cluster now reads as zeros";
+        }
+        if (off >= c->file_len && img->data_io == img->io) {
+            zero_entry(c, e, bm);
+            return "data cluster past the end of the file (it read as zeros); now a zero cluster";
+        }
+        if ((*bm >> 32) & *bm) {
+            *bm &= ~(*bm >> 32);
+            return "subclusters both allocated and zero; they read as zeros now";
+        }
+    } else if (t == CT_UNALLOC_ && (*bm & 0xffffffffull)) {
+        *bm &= 0xffffffff00000000ull;
+        return "allocation bits on an unallocated cluster; cleared";
+    }
+    return NULL;
+}
+
+static int fix_l2_table(struct ck *c, uint64_t l2_offset)
+{
+    qk_image *img = c->img;
+    int r, dirty = 0;
+    if ((r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0)
+        return r;
+    for (uint32_t i = 0; i < img->l2_entries; i++) {
+        uint64_t bm, e = l2_get(c, c->buf, i, &bm), old = e;
+        const char *why = fix_l2_entry(c, &e, &bm);
+        if (!why)
+            continue;
+        msg(c, "Repairing l2 entry %" PRIx64 " (L2 table %#" PRIx64 ", index %u): %s", old, l2_offset, i, why);
+        uint8_t *p = c->buf + (size_t)i * img->l2_entry_size;
+        be64_store(p, e);
+        if (img->extl2)
+            be64_store(p + 8, bm);
+        dirty++;
+        c->res->corruptions_fixed++;
+    }
+    if (!dirty)
+        return 0;
+    cache_forget(img->l2_cache, l2_offset);
+    return image_write_sync(img, l2_offset, c->buf, c->cs, "an L2 table");
+}
+
+/* Before counting (QK_CHECK_FIX_ERRORS): make every active L1 and L2 entry
+ * usable, so that no corruption stays that QEMU would report again: reserved
+ * bits cleared, an L2 table that cannot be read (unaligned, past the end of
+ * the file, the header) dropped, data entries that read as an error or as
+ * zeros from outside the file made zero clusters. Clusters they leave are
+ * found as leaks by the count that follows. */
+static int fix_entries(struct ck *c)
+{
+    qk_image *img = c->img;
+    int r;
+    for (uint32_t i = 0; i < img->l1_size; i++) {
+        uint64_t e = img->l1[i], n = e, off;
+        if (!e)
+            continue;
+        if (n & L1E_RESERVED_MASK) {
+            n &= ~L1E_RESERVED_MASK;
+            msg(c, "Repairing L1 entry %u (%" PRIx64 "): reserved bits cleared", i, e);
+            c->res->corruptions_fixed++;
+        }
+        off = n & L1E_OFFSET_MASK;
+        if (!is_aligned(off, c->cs) || off < c->cs || off >= c->file_len) {
+            msg(c, "Repairing L1 entry %u (%" PRIx64 "): L2 table offset %#" PRIx64 " is unaligned, the header "
+                   "or past the end of the file; entry dropped (the range reads as unallocated)", i, e, off);
+            c->res->corruptions_fixed++;
+            n = 0;
+        }
+        if (n != e && (r = l1_entry_set(img, i, n)) < 0) {
+            c->res->check_errors++;
+            return r;
+        }
+        if (n && (r = fix_l2_table(c, n & L1E_OFFSET_MASK)) < 0) {
+            c->res->check_errors++;
+            return r;
+        }
+    }
+    return 0;
+}
+
+static int is_over(const struct ck *c, uint64_t k)
+{
+    uint64_t lo = 0, hi = c->nb_over;
+    while (lo < hi) {
+        uint64_t mid = (lo + hi) / 2;
+        if (c->over[mid] == k)
+            return 1;
+        if (c->over[mid] < k)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* After a repair pass left refcount overflows (more references to a data
+ * cluster than refcount_bits can count): every active L2 reference past the
+ * ones counted gets its own copy of the data. Returns 1 if it copied. */
+static int unshare_overflows(struct ck *c)
+{
+    qk_image *img = c->img;
+    uint64_t *seen = calloc(c->nb_over ? c->nb_over : 1, 8);
+    uint8_t *data = malloc(c->cs);
+    int r = 0, copied = 0;
+    if (!seen || !data) {
+        free(seen);
+        free(data);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < img->l1_size && r == 0; i++) {
+        uint64_t l2_offset = img->l1[i] & L1E_OFFSET_MASK, bm;
+        int dirty = 0;
+        if (!l2_offset || (r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0)
+            continue;
+        for (uint32_t j = 0; j < img->l2_entries && r == 0; j++) {
+            uint64_t e = l2_get(c, c->buf, j, &bm), k = (e & L2E_OFFSET_MASK) >> c->cb, n;
+            enum ctype t = l2_type(c, e);
+            if ((t != CT_NORMAL_ && t != CT_ZERO_ALLOC_) || !is_over(c, k))
+                continue;
+            uint64_t lo = 0;
+            while (c->over[lo] != k)
+                lo++;
+            /* L1 and L2 references come first in the count: the first
+             * rc_max references were counted, later ones overflowed. */
+            if (++seen[lo] <= c->rc_max)
+                continue;
+            if ((r = refcount_alloc(img, 1, &n)) < 0 || (r = ck_flush(img)) < 0 ||
+                (r = io_pread(img->io, data, c->cs, k << c->cb)) < 0 || (r = io_pwrite(img->io, data, c->cs, n)) < 0 ||
+                (r = img->io->ops->flush(img->io)) < 0)
+                break;
+            msg(c, "Repairing refcount overflow: l2_entry=%" PRIx64 " gets its own copy at %#" PRIx64, e, n);
+            be64_store(c->buf + (size_t)j * img->l2_entry_size, n | OFLAG_COPIED | (e & OFLAG_ZERO));
+            dirty = 1;
+            copied = 1;
+            c->res->corruptions_fixed++;
+        }
+        if (dirty && r == 0) {
+            cache_forget(img->l2_cache, l2_offset);
+            r = image_write_sync(img, l2_offset, c->buf, c->cs, "an L2 table");
+        }
+    }
+    free(seen);
+    free(data);
+    return r < 0 ? r : copied;
+}
+
+/* Snapshots whose L1 table QEMU can never use (unaligned, too large, past
+ * the end of the file) are dropped from the snapshot table, which is
+ * rewritten in place (it only shrinks) before the header count changes. Their
+ * clusters are found as leaks by the count. Returns 1 if it dropped any. */
+static int snapshot_broken(const struct ck *c, const struct qk_snapshot *sn)
+{
+    uint64_t end = sn->l1_offset + (uint64_t)sn->l1_size * 8;
+    return !is_aligned(sn->l1_offset, c->cs) || sn->l1_size > MAX_L1_BYTES / 8 ||
+           (sn->l1_size && end - c->file_len < end && end - c->file_len >= c->cs);
+}
+
+static size_t snapshot_entry(const struct qk_snapshot *sn, uint8_t *p)
+{
+    size_t id = strlen(sn->id), name = strlen(sn->name);
+    size_t len = SNAP_FIXED_SIZE + sn->extra_size + id + name;
+    if (!p)
+        return (len + 7) & ~(size_t)7;
+    memset(p, 0, (len + 7) & ~(size_t)7);
+    be64_store(p, sn->l1_offset);
+    be32_store(p + 8, sn->l1_size);
+    be16_store(p + 12, (uint16_t)id);
+    be16_store(p + 14, (uint16_t)name);
+    be32_store(p + 16, sn->date_sec);
+    be32_store(p + 20, sn->date_nsec);
+    be64_store(p + 24, sn->vm_clock_nsec);
+    be32_store(p + 32, sn->vm_state_size > UINT32_MAX ? 0 : (uint32_t)sn->vm_state_size);
+    be32_store(p + 36, sn->extra_size);
+    if (sn->extra_size)
+        memcpy(p + SNAP_FIXED_SIZE, sn->extra, sn->extra_size);
+    memcpy(p + SNAP_FIXED_SIZE + sn->extra_size, sn->id, id);
+    memcpy(p + SNAP_FIXED_SIZE + sn->extra_size + id, sn->name, name);
+    return (len + 7) & ~(size_t)7;
+}
+
+static int drop_broken_snapshots(struct ck *c)
+{
+    qk_image *img = c->img;
+    uint32_t kept = 0;
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < img->nb_snapshots; i++)
+        if (!snapshot_broken(c, &img->snapshots[i]))
+            bytes += snapshot_entry(&img->snapshots[i], NULL);
+    uint8_t *t = malloc(bytes ? bytes : 1);
+    if (!t)
+        return -ENOMEM;
+    size_t pos = 0;
+    for (uint32_t i = 0; i < img->nb_snapshots; i++) {
+        struct qk_snapshot *sn = &img->snapshots[i];
+        if (snapshot_broken(c, sn)) {
+            msg(c, "Repairing snapshot %s (%s): its L1 table (offset %#" PRIx64 ", %u entries) cannot be used; "
+                   "snapshot removed", sn->id, sn->name, sn->l1_offset, sn->l1_size);
+            c->res->corruptions_fixed++;
+            free(sn->id);
+            free(sn->name);
+            free(sn->extra);
+            continue;
+        }
+        pos += snapshot_entry(sn, t + pos);
+        img->snapshots[kept++] = *sn;
+    }
+    if (kept == img->nb_snapshots) {
+        free(t);
+        return 0;
+    }
+    img->nb_snapshots = kept;
+    img->snapshots_size = bytes;
+    int r = bytes ? image_write_sync(img, img->hdr.snapshots_offset, t, bytes, "the snapshot table") : 0;
+    free(t);
+    uint8_t h[12];
+    be32_store(h, kept);
+    be64_store(h + 4, kept ? img->hdr.snapshots_offset : 0);
+    if (r == 0 && (r = image_write_sync(img, HDR_NB_SNAPSHOTS, h, sizeof h, "the header")) == 0) {
+        img->hdr.nb_snapshots = kept;
+        if (!kept)
+            img->hdr.snapshots_offset = 0;
+    }
+    return r < 0 ? r : 1;
+}
+
 /* ---- the whole check ----------------------------------------------------- */
 
 /* qk_flush() without the open-handle check (the dirty repair runs inside
@@ -1121,7 +1402,22 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         res->check_errors++;
         return -ENOMEM;
     }
-    r = check_refcounts(&c);
+    r = (c.fix & QK_CHECK_FIX_ERRORS) ? fix_entries(&c) : 0;
+    if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && (r = drop_broken_snapshots(&c)) > 0)
+        r = 0;
+    if (r == 0)
+        r = check_refcounts(&c);
+    if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && c.nb_over && !res->check_errors &&
+        (r = unshare_overflows(&c)) > 0) {
+        /* Count again: the copies are new references, the overflow gone. */
+        qk_check_result first = *res;
+        result_reset(res);
+        rc_reset(&c);
+        c.nb_over = 0;
+        r = check_refcounts(&c);
+        res->corruptions_fixed += first.corruptions_fixed;
+        res->leaks_fixed += first.leaks_fixed;
+    }
     if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && !(fix & CK_NO_BITMAP_REPAIR) &&
         !res->corruptions && !res->check_errors && (r = remove_bad_bitmaps(&c)) > 0) {
         /* Second pass: the removed bitmaps' clusters are leaks now. */
@@ -1148,6 +1444,7 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
     free(c.rc);
     free(c.ovf_key);
     free(c.ovf_val);
+    free(c.over);
     free(c.buf);
     return r < 0 ? r : 0;
 }
