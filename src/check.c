@@ -81,6 +81,7 @@ struct ck {
     uint8_t *buf;           /* one L2 table */
     struct ck_bitmap *bm;
     int count_bitmaps;      /* the bitmaps extension is counted (QEMU loads it) */
+    int64_t bm_corrupt;     /* corruptions found in bitmap structures */
     uint64_t *over;         /* clusters whose references overflowed, sorted */
     uint64_t nb_over;
 };
@@ -500,6 +501,14 @@ static int count_bitmap(struct ck *c, uint32_t i)
         if (bad_table_entry(e, c->cs)) {
             c->res->corruptions++;
             bitmap_problem(c, i, "an entry of its bitmap table is invalid");
+            if ((b->flags & BME_FLAG_IN_USE) && !(c->fix & QK_CHECK_FIX_ERRORS)) {
+                /* QEMU opens the image (an in-use table is not loaded),
+                 * then its check stops here with -EINVAL. */
+                msg(c, "ERROR bitmap '%s': table entry %u (%" PRIx64 ") is invalid; the check stops here "
+                       "as qemu-img's does (repair with -r all)", b->name, j, e);
+                free(t);
+                return -EINVAL;
+            }
             continue;
         }
         before = c->res->corruptions;
@@ -520,6 +529,8 @@ static int qemu_refuses(const struct qk_bitmap *b)
 {
     return b->reason && !(b->flags & BME_FLAG_IN_USE);
 }
+
+static int count_bitmaps_counted(struct ck *c);
 
 static int count_bitmaps(struct ck *c)
 {
@@ -543,6 +554,17 @@ static int count_bitmaps(struct ck *c)
     c->count_bitmaps = 1;
     if (h->bitmaps_ext_error || !h->bitmaps.dir_size)
         return 0;
+    int64_t before = c->res->corruptions;
+    r = count_bitmaps_counted(c);
+    c->bm_corrupt += c->res->corruptions - before;
+    return r;
+}
+
+static int count_bitmaps_counted(struct ck *c)
+{
+    qk_image *img = c->img;
+    const struct qk_header *h = &img->hdr;
+    int r;
     if (is_aligned(h->bitmaps.dir_offset, c->cs) && h->bitmaps.dir_offset &&
         (r = inc_ref(c, h->bitmaps.dir_offset, h->bitmaps.dir_size)) < 0)
         return r;
@@ -607,19 +629,21 @@ static void review_bitmaps(struct ck *c)
         if (!c->bm[i].problem)
             continue;
         c->res->bitmaps_inconsistent++;
-        msg(c, "%s bitmap '%s' is inconsistent: %s",
+        msg(c, "%s bitmap '%s' is inconsistent (%s)",
             (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", img->bitmaps[i].name, c->bm[i].problem);
         /* QEMU refuses such a directory, or never sees the problem: count
          * it only when QEMU would not open the image (no counter to agree
          * with), so that QEMU's counters stay ours. */
         if (qemu_refuses(&img->bitmaps[i])) {
             c->res->corruptions++;
+            c->bm_corrupt++;
             c->bm[i].counted_corrupt = 1;
         }
     }
     if (img->hdr.has_bitmaps_ext && img->bitmap_dir_error && c->count_bitmaps) {
         c->res->bitmaps_inconsistent += img->nb_bitmaps ? 0 : 1;
         c->res->corruptions++;
+        c->bm_corrupt++;
         msg(c, "%s bitmaps extension cannot be used: %s",
             (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", img->bitmap_dir_reason);
     } else if (img->hdr.has_bitmaps_ext && !c->count_bitmaps) {
@@ -704,6 +728,7 @@ static int calculate(struct ck *c)
     const struct qk_header *h = &img->hdr;
     int r;
     free_bitmap_state(c);
+    c->bm_corrupt = 0;
     if ((r = inc_ref(c, 0, c->cs)) < 0)
         return r;
     if ((r = check_l1(c, h->l1_offset, img->l1_size, CK_FRAG_INFO)) < 0)
@@ -1419,7 +1444,7 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         res->leaks_fixed += first.leaks_fixed;
     }
     if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && !(fix & CK_NO_BITMAP_REPAIR) &&
-        !res->corruptions && !res->check_errors && (r = remove_bad_bitmaps(&c)) > 0) {
+        res->corruptions <= c.bm_corrupt && !res->check_errors && (r = remove_bad_bitmaps(&c)) > 0) {
         /* Second pass: the removed bitmaps' clusters are leaks now. */
         qk_check_result first = *res;
         result_reset(res);

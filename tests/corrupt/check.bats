@@ -265,3 +265,101 @@ both() {
     poke img.qcow2 88 8 0
     both
 }
+
+# ---- bitmaps: QEMU's check neither reports nor repairs these; ours reports
+# each broken bitmap and -r all removes it, after which QEMU opens the image,
+# finds it clean, and the guest data is what it was.
+
+bitmap_base() {
+    qemu-img bitmap --add img.qcow2 b0
+    qemu-io -c "write -P 1 2M 64k" img.qcow2 >/dev/null
+    dir=$(bitmaps_ext img.qcow2 dir_offset)
+    table=$(peek img.qcow2 "$dir" 8)
+}
+
+@test "bitmap in use (left by kill -9 of a writer)" {
+    qemu-img bitmap --add img.qcow2 b0
+    qemu-io -c "write -P 1 2M 64k" -c "sigraise 9" img.qcow2 >/dev/null 2>&1 || true
+    run same_counters img.qcow2
+    [ "$status" -eq 0 ]
+    run "$QCOWKIT" check img.qcow2
+    [[ $output == *"bitmap 'b0' is inconsistent (in use"* ]]
+    bitmap_repaired img.qcow2
+    run qemu-img info "$BATS_TEST_TMPDIR/ours.qcow2"
+    [[ $output != *b0* ]]
+}
+
+@test "bitmap table pointing into the L1 table" {
+    bitmap_base
+    poke img.qcow2 "$dir" 8 "$(hdr img.qcow2 l1)"
+    run "$QCOWKIT" check img.qcow2
+    [ "$status" -eq 2 ]
+    [[ $output == *"bitmap 'b0' is inconsistent"* ]]
+    bitmap_repaired img.qcow2
+}
+
+@test "in-use bitmap whose table points into the L1 table" {
+    bitmap_base
+    poke img.qcow2 "$dir" 8 "$(hdr img.qcow2 l1)"
+    poke img.qcow2 $((dir + 12)) 4 3
+    same_counters img.qcow2
+    bitmap_repaired img.qcow2
+}
+
+@test "bitmap data cluster with refcount 0" {
+    bitmap_base
+    data=$(peek img.qcow2 "$table" 8)
+    set_rc img.qcow2 $((data >> 16)) 0
+    # The data is intact and nothing else uses the cluster: the refcount is
+    # rebuilt (as qemu-img does) and the bitmap kept.
+    both
+    run qemu-img info "$BATS_TEST_TMPDIR/ours.qcow2"
+    [[ $output == *b0* ]]
+}
+
+@test "bitmap data cluster shared with the L2 table" {
+    bitmap_base
+    poke img.qcow2 "$table" 8 "$(l2off img.qcow2 0)"
+    same_counters img.qcow2
+    bitmap_repaired img.qcow2
+    run qemu-img info "$BATS_TEST_TMPDIR/ours.qcow2"
+    [[ $output != *b0* ]]
+}
+
+@test "bitmap table entry with reserved bits" {
+    bitmap_base
+    poke img.qcow2 "$table" 8 $(($(peek img.qcow2 "$table" 8) | 2))
+    run "$QCOWKIT" check img.qcow2
+    [ "$status" -eq 2 ]
+    bitmap_repaired img.qcow2
+}
+
+@test "bitmap table past the end of the file" {
+    bitmap_base
+    poke img.qcow2 "$dir" 8 $((0x10000000))
+    run "$QCOWKIT" check img.qcow2
+    [ "$status" -eq 2 ]
+    bitmap_repaired img.qcow2
+}
+
+@test "broken bitmap directory: the extension is dropped" {
+    bitmap_base
+    poke img.qcow2 $((dir + 18)) 2 500
+    run "$QCOWKIT" check img.qcow2
+    [ "$status" -eq 2 ]
+    [[ $output == *"Broken bitmap directory"* ]]
+    bitmap_repaired img.qcow2
+    run qemu-img info "$BATS_TEST_TMPDIR/ours.qcow2"
+    [[ $output != *b0* ]]
+}
+
+@test "two bitmaps, one broken: only that one is removed" {
+    bitmap_base
+    qemu-img bitmap --add img.qcow2 b1
+    dir=$(bitmaps_ext img.qcow2 dir_offset)
+    poke img.qcow2 $((dir + 12)) 4 3
+    bitmap_repaired img.qcow2
+    run qemu-img info "$BATS_TEST_TMPDIR/ours.qcow2"
+    [[ $output != *"name: b0"* ]]
+    [[ $output == *"name: b1"* ]]
+}

@@ -116,3 +116,43 @@ repair_compare() {
         }
     fi
 }
+
+# bitmaps_ext IMG FIELD: field of the bitmaps header extension
+# (nb, dir_size, dir_offset), or the byte offset of its data (at).
+bitmaps_ext() {
+    local off t l
+    off=$(peek "$1" 100 4)
+    while :; do
+        t=$(peek "$1" "$off" 4)
+        l=$(peek "$1" $((off + 4)) 4)
+        [ "$t" = 0 ] && return 1
+        if [ "$t" = $((0x23852875)) ]; then
+            case $2 in
+                at) echo $((off + 8)) ;;
+                nb) peek "$1" $((off + 8)) 4 ;;
+                dir_size) peek "$1" $((off + 16)) 8 ;;
+                dir_offset) peek "$1" $((off + 24)) 8 ;;
+            esac
+            return 0
+        fi
+        off=$((off + 8 + (l + 7) / 8 * 8))
+    done
+}
+
+# The first bitmap's table offset field, and its first table entry.
+bm_table_field() { echo "$(bitmaps_ext "$1" dir_offset)"; }
+bm_table() { peek "$1" "$(bitmaps_ext "$1" dir_offset)" 8; }
+
+# bitmap_case IMG: after `qcowkit check -r all` the broken bitmap is gone,
+# qemu-img opens the image, finds it clean, and the guest data is intact.
+bitmap_repaired() {
+    local img=$1
+    cp "$img" "$BATS_TEST_TMPDIR/ours.qcow2"
+    qemu-img convert -U -O raw "$img" "$BATS_TEST_TMPDIR/before.raw" 2>/dev/null ||
+        "$QCOWKIT" convert -O raw "$img" "$BATS_TEST_TMPDIR/before.raw"
+    "$QCOWKIT" check -r all "$BATS_TEST_TMPDIR/ours.qcow2" >"$BATS_TEST_TMPDIR/r.out" 2>&1 || true
+    grep -q "bitmap" "$BATS_TEST_TMPDIR/r.out" || { cat "$BATS_TEST_TMPDIR/r.out" >&2; return 1; }
+    qemu-img check "$BATS_TEST_TMPDIR/ours.qcow2" >&2 || { cat "$BATS_TEST_TMPDIR/r.out" >&2; return 1; }
+    qemu-img convert -O raw "$BATS_TEST_TMPDIR/ours.qcow2" "$BATS_TEST_TMPDIR/after.raw"
+    cmp "$BATS_TEST_TMPDIR/before.raw" "$BATS_TEST_TMPDIR/after.raw"
+}
