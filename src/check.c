@@ -689,6 +689,15 @@ static int check_refblocks(struct ck *c)
                 (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", i);
             if (!(c->fix & QK_CHECK_FIX_ERRORS))
                 continue;
+            /* QEMU grows the file up to the block; far away that would make
+             * a huge sparse file and a count array to match (memory follows
+             * the real file size): rebuild instead. */
+            if (off > 2 * c->file_len + ((uint64_t)64 << 20)) {
+                msg(c, "ERROR refcount block %" PRIu64 " is far past the end of the file; "
+                       "rebuilding the refcount structure instead of growing the file", i);
+                c->rebuild = 1;
+                continue;
+            }
             r = off > MAX_CLUSTER_OFFSET ? -EINVAL : truncate_file(c, off + c->cs);
             if (r == 0 && (r = rc_grow(c, div_round_up(c->file_len, c->cs))) < 0) {
                 c->res->check_errors++;
@@ -1072,10 +1081,15 @@ static int fix_l2_table(struct ck *c, uint64_t l2_offset)
         return r;
     for (uint32_t i = 0; i < img->l2_entries; i++) {
         uint64_t bm, e = l2_get(c, c->buf, i, &bm), old = e;
-        const char *why = fix_l2_entry(c, &e, &bm);
-        if (!why)
+        const char *why;
+        int n = 0;
+        /* One problem at a time: clearing reserved bits may reveal the next. */
+        while (n < 4 && (why = fix_l2_entry(c, &e, &bm))) {
+            msg(c, "Repairing l2 entry %" PRIx64 " (L2 table %#" PRIx64 ", index %u): %s", old, l2_offset, i, why);
+            n++;
+        }
+        if (!n)
             continue;
-        msg(c, "Repairing l2 entry %" PRIx64 " (L2 table %#" PRIx64 ", index %u): %s", old, l2_offset, i, why);
         uint8_t *p = c->buf + (size_t)i * img->l2_entry_size;
         be64_store(p, e);
         if (img->extl2)
@@ -1089,19 +1103,27 @@ static int fix_l2_table(struct ck *c, uint64_t l2_offset)
     return image_write_sync(img, l2_offset, c->buf, c->cs, "an L2 table");
 }
 
-/* Before counting (QK_CHECK_FIX_ERRORS): make every active L1 and L2 entry
- * usable, so that no corruption stays that QEMU would report again: reserved
- * bits cleared, an L2 table that cannot be read (unaligned, past the end of
- * the file, the header) dropped, data entries that read as an error or as
- * zeros from outside the file made zero clusters. Clusters they leave are
- * found as leaks by the count that follows. */
-static int fix_entries(struct ck *c)
+/* Before counting (QK_CHECK_FIX_ERRORS): make every L1 and L2 entry (active
+ * and snapshots) usable, so that no corruption stays that QEMU would report
+ * again: reserved bits cleared, an L2 table that cannot be read (unaligned,
+ * past the end of the file, the header) dropped, data entries that read as an
+ * error or as zeros from outside the file made zero clusters. Clusters they
+ * leave are found as leaks by the count that follows. */
+static int fix_l1_table(struct ck *c, uint64_t l1_offset, uint32_t l1_size, int active)
 {
     qk_image *img = c->img;
     int r;
-    for (uint32_t i = 0; i < img->l1_size; i++) {
-        uint64_t e = img->l1[i], n = e, off;
-        if (!e)
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t e, n, off;
+        if (active) {
+            e = img->l1[i];
+        } else {
+            uint8_t be[8];
+            if ((r = io_pread(img->io, be, 8, l1_offset + (uint64_t)i * 8)) < 0)
+                return r;
+            e = be64_load(be);
+        }
+        if (!(n = e))
             continue;
         if (n & L1E_RESERVED_MASK) {
             n &= ~L1E_RESERVED_MASK;
@@ -1109,22 +1131,36 @@ static int fix_entries(struct ck *c)
             c->res->corruptions_fixed++;
         }
         off = n & L1E_OFFSET_MASK;
-        if (!is_aligned(off, c->cs) || off < c->cs || off >= c->file_len) {
+        if (n && (!is_aligned(off, c->cs) || off < c->cs || off >= c->file_len)) {
             msg(c, "Repairing L1 entry %u (%" PRIx64 "): L2 table offset %#" PRIx64 " is unaligned, the header "
                    "or past the end of the file; entry dropped (the range reads as unallocated)", i, e, off);
             c->res->corruptions_fixed++;
             n = 0;
         }
-        if (n != e && (r = l1_entry_set(img, i, n)) < 0) {
-            c->res->check_errors++;
-            return r;
+        if (n != e) {
+            r = active ? l1_entry_set(img, i, n)
+                       : image_write_be64_sync(img, l1_offset + (uint64_t)i * 8, n, "a snapshot L1 table");
+            if (r < 0)
+                return r;
         }
-        if (n && (r = fix_l2_table(c, n & L1E_OFFSET_MASK)) < 0) {
-            c->res->check_errors++;
+        if (n && (r = fix_l2_table(c, n & L1E_OFFSET_MASK)) < 0)
             return r;
-        }
     }
     return 0;
+}
+
+static int snapshot_broken(const struct ck *c, const struct qk_snapshot *sn);
+
+static int fix_entries(struct ck *c)
+{
+    qk_image *img = c->img;
+    int r = fix_l1_table(c, img->hdr.l1_offset, img->l1_size, 1);
+    for (uint32_t i = 0; i < img->nb_snapshots && r == 0; i++)
+        if (!snapshot_broken(c, &img->snapshots[i]))
+            r = fix_l1_table(c, img->snapshots[i].l1_offset, img->snapshots[i].l1_size, 0);
+    if (r < 0)
+        c->res->check_errors++;
+    return r;
 }
 
 static int is_over(const struct ck *c, uint64_t k)
