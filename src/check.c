@@ -83,6 +83,9 @@ struct ck {
     int count_bitmaps;      /* the bitmaps extension is counted (QEMU loads it) */
     int64_t bm_corrupt;     /* corruptions found in bitmap structures */
     uint64_t *over;         /* clusters whose references overflowed, sorted */
+    uint64_t memo_i;        /* refcount table index of memo_b, UINT64_MAX if none */
+    const uint8_t *memo_b;  /* that block in img->rb_cache: valid until the next
+                               use of the cache (memo_reset() before any) */
     uint64_t nb_over;
 };
 
@@ -233,6 +236,12 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
 
 /* ---- refcounts on disk ------------------------------------------------- */
 
+static void memo_reset(struct ck *c)
+{
+    c->memo_i = UINT64_MAX;
+    c->memo_b = NULL;
+}
+
 /* QEMU's qcow2_get_refcount: reserved bits of the table entry are ignored,
  * a block past the end of the file reads as zeros, an unaligned block is an
  * error. */
@@ -241,6 +250,10 @@ static int disk_rc(struct ck *c, uint64_t k, uint64_t *v)
     qk_image *img = c->img;
     uint64_t i = k / img->refblock_entries;
     *v = 0;
+    if (i == c->memo_i) {
+        *v = refblock_get(img, c->memo_b, k % img->refblock_entries);
+        return 0;
+    }
     if (i >= img->reftable_entries)
         return 0;
     uint64_t off = img->reftable[i] & REFT_OFFSET_MASK;
@@ -253,6 +266,8 @@ static int disk_rc(struct ck *c, uint64_t k, uint64_t *v)
     int r = cache_get(img->rb_cache, off, &b);
     if (r < 0)
         return r;
+    c->memo_i = i;
+    c->memo_b = b;
     *v = refblock_get(img, b, k % img->refblock_entries);
     return 0;
 }
@@ -261,6 +276,7 @@ static int disk_rc(struct ck *c, uint64_t k, uint64_t *v)
 static int disk_rc_adjust(struct ck *c, uint64_t k, uint64_t old, uint64_t new_v)
 {
     int r = 0;
+    memo_reset(c);
     for (uint64_t v = old; v != new_v && r == 0; v += new_v > old ? 1 : -1)
         r = refcount_update(c->img, k << c->cb, c->cs, new_v > old ? 1 : -1);
     return r;
@@ -853,6 +869,7 @@ static int rebuild(struct ck *c)
     uint8_t *blk = NULL;
     int r = 0;
     msg(c, "Rebuilding refcount structure");
+    memo_reset(c);
     if ((r = ck_flush(img)) < 0)
         return r;
     for (int changed = 1; changed;) {
@@ -1184,6 +1201,7 @@ static int is_over(const struct ck *c, uint64_t k)
 static int unshare_overflows(struct ck *c)
 {
     qk_image *img = c->img;
+    memo_reset(c);
     uint64_t *seen = calloc(c->nb_over ? c->nb_over : 1, 8);
     uint8_t *data = malloc(c->cs);
     int r = 0, copied = 0;
@@ -1342,6 +1360,7 @@ static int check_refcounts(struct ck *c)
     int r;
     res->total_clusters = div_round_up(c->img->size, c->cs);
     c->rebuild = 0;
+    memo_reset(c);
     if ((r = calculate(c)) < 0)
         return r;
     review_bitmaps(c);
@@ -1386,6 +1405,7 @@ static int check_refcounts(struct ck *c)
             compare(c, c->fix, &highest);
         }
     }
+    memo_reset(c);
     if ((r = ck_flush(c->img)) < 0) {
         res->check_errors++;
         return r;
@@ -1406,6 +1426,7 @@ static int remove_bad_bitmaps(struct ck *c)
     qk_image *img = c->img;
     struct qk_header *h = &img->hdr;
     int r, removed = 0;
+    memo_reset(c);
     if (!h->has_bitmaps_ext)
         return 0;
     if (img->bitmap_dir_error || !c->count_bitmaps) {
@@ -1448,6 +1469,7 @@ static int remove_bad_bitmaps(struct ck *c)
 static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
 {
     struct ck c = { .img = img, .res = res, .fix = fix & (QK_CHECK_FIX_LEAKS | QK_CHECK_FIX_ERRORS) };
+    memo_reset(&c);
     int r;
     result_reset(res);
     c.cs = img->cluster_size;
