@@ -6,9 +6,11 @@
  * Owns: counting every reference to every host cluster in memory, comparing
  * the counts with the refcounts on disk, QEMU's diagnostic lines and counters
  * (block/qcow2-refcount.c qcow2_check_refcounts and friends, QEMU 7.2), and
- * the repairs: refcounts raised or lowered, the refcount structure rebuilt,
- * COPIED flags, the dirty and corrupt bits, and (beyond QEMU) inconsistent
- * bitmaps removed. qemu-reference.md §1.4-1.6, §4.4, §5.5, §7.
+ * QEMU's repairs: refcounts raised or lowered, the refcount structure
+ * rebuilt, COPIED flags, the dirty and corrupt bits; and the order of the
+ * whole run (run_check). The repairs QEMU does not make are in check-fix.c;
+ * the state both share is in check-int.h. qemu-reference.md §1.4-1.6, §4.4,
+ * §5.5, §7.
  *
  * Counting follows QEMU step by step, so that corruptions, leaks and
  * check-errors agree with qemu-img: header, active L1 and its L2 tables and
@@ -29,17 +31,26 @@
  *     anything; tables are read whole only when they lie inside the file.
  *
  * Repair order (what makes a repair safe):
+ *  0. (check-fix.c) L1/L2 entries QEMU would keep reporting are rewritten in
+ *     place and snapshots with unusable L1 tables dropped, before anything
+ *     is counted, so that the count sees the final references.
  *  1. Refcounts are repaired first, from the counts: too high (leaks) are
  *     lowered, too low raised; when a refcount block is missing, misplaced
  *     or shared, a new refcount structure is written into clusters nothing
  *     references (count 0), flushed, and only then does the header point at
  *     it; the old structure then shows up as leaks and is freed.
  *  2. COPIED flags are set from the repaired refcounts.
- *  3. Only once every refcount equals its references (no corruption left)
- *     are inconsistent bitmaps removed: the new directory is allocated with
- *     accurate refcounts; their clusters are not freed through their own
- *     (untrusted) pointers but found again as leaks by a second count.
+ *  3. Only once every refcount equals its references (no corruption left
+ *     but in bitmaps) are refcount overflows given copies and inconsistent
+ *     bitmaps removed: new clusters are allocated with accurate refcounts;
+ *     the bitmaps' clusters are not freed through their own (untrusted)
+ *     pointers but found again as leaks by a second count.
  *  4. The dirty and corrupt bits are cleared last, when nothing is left.
+ *
+ * Bitmaps: QEMU counts their clusters but reports nothing about them. We
+ * report every inconsistent bitmap on its own line (not in the counters,
+ * which stay QEMU's, except for problems that make QEMU refuse the image,
+ * where there is no QEMU counter to agree with).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -49,48 +60,10 @@
 #include <string.h>
 
 #include "checked.h"
+#include "check-int.h"
 #include "endian.h"
-#include "internal.h"
 
-#define CK_FRAG_INFO 1          /* count allocated/fragmented/compressed clusters */
-#define CK_BIG 0xFFFFu          /* count stored in the overflow hash */
-#define CK_NO_BITMAP_REPAIR 0x100u  /* internal: dirty-image repair leaves bitmaps alone */
-
-enum ctype { CT_UNALLOC_, CT_ZERO_PLAIN_, CT_ZERO_ALLOC_, CT_NORMAL_, CT_COMPRESSED_ };
-
-/* What the check learnt about one bitmap (parallel to img->bitmaps). */
-struct ck_bitmap {
-    uint64_t *table;        /* host-endian table, when it was read */
-    const char *problem;    /* why it is inconsistent, NULL if it is not */
-    int counted_corrupt;    /* already counted as a corruption */
-};
-
-struct ck {
-    qk_image *img;
-    qk_check_result *res;
-    unsigned fix;
-    uint64_t cs;
-    unsigned cb;
-    uint64_t file_len;
-    uint64_t rc_max;
-    uint16_t *rc;           /* in-memory counts of clusters [0, nb) */
-    uint64_t nb;
-    uint64_t *ovf_key, *ovf_val;  /* open addressing, key+1 (0 = empty) */
-    uint64_t ovf_cap, ovf_used;
-    int rebuild;
-    uint8_t *buf;           /* one L2 table */
-    struct ck_bitmap *bm;
-    int count_bitmaps;      /* the bitmaps extension is counted (QEMU loads it) */
-    int64_t bm_corrupt;     /* corruptions found in bitmap structures */
-    uint64_t *over;         /* clusters whose references overflowed, sorted */
-    uint64_t memo_i;        /* refcount table index of memo_b, UINT64_MAX if none */
-    const uint8_t *memo_b;  /* that block in img->rb_cache: valid until the next
-                               use of the cache (memo_reset() before any) */
-    uint64_t nb_over;
-};
-
-static void msg(struct ck *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void msg(struct ck *c, const char *fmt, ...)
+void ck_msg(struct ck *c, const char *fmt, ...)
 {
     char line[512];
     va_list ap;
@@ -100,8 +73,6 @@ static void msg(struct ck *c, const char *fmt, ...)
     if (c->res->message)
         c->res->message(c->res->opaque, line);
 }
-
-static int ck_flush(qk_image *img);
 
 /* ---- the in-memory count array ---------------------------------------- */
 
@@ -198,7 +169,7 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
     uint64_t end;
     if (offset > (uint64_t)INT64_MAX || ck_add(offset, size, &end) || end > (uint64_t)INT64_MAX ||
         (end > c->file_len && end - c->file_len >= c->cs)) {
-        msg(c, "ERROR: counting reference for region exceeding the end of the file by one "
+        ck_msg(c, "ERROR: counting reference for region exceeding the end of the file by one "
                "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64, offset, size);
         c->res->corruptions++;
         return 0;
@@ -211,8 +182,8 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
     for (uint64_t k = first; k <= last; k++) {
         uint64_t v = c->rc[k] != CK_BIG ? c->rc[k] : rc_get(c, k);
         if (v == c->rc_max) {
-            msg(c, "ERROR: overflow cluster offset=0x%" PRIx64, k << c->cb);
-            msg(c, "Use qemu-img amend to increase the refcount entry width or qemu-img convert "
+            ck_msg(c, "ERROR: overflow cluster offset=0x%" PRIx64, k << c->cb);
+            ck_msg(c, "Use qemu-img amend to increase the refcount entry width or qemu-img convert "
                    "to create a clean copy if the image cannot be opened for writing");
             c->res->corruptions++;
             if (!c->nb_over || c->over[c->nb_over - 1] < k) {
@@ -236,7 +207,7 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
 
 /* ---- refcounts on disk ------------------------------------------------- */
 
-static void memo_reset(struct ck *c)
+void ck_memo_reset(struct ck *c)
 {
     c->memo_i = UINT64_MAX;
     c->memo_b = NULL;
@@ -276,7 +247,7 @@ static int disk_rc(struct ck *c, uint64_t k, uint64_t *v)
 static int disk_rc_adjust(struct ck *c, uint64_t k, uint64_t old, uint64_t new_v)
 {
     int r = 0;
-    memo_reset(c);
+    ck_memo_reset(c);
     for (uint64_t v = old; v != new_v && r == 0; v += new_v > old ? 1 : -1)
         r = refcount_update(c->img, k << c->cb, c->cs, new_v > old ? 1 : -1);
     return r;
@@ -284,7 +255,7 @@ static int disk_rc_adjust(struct ck *c, uint64_t k, uint64_t old, uint64_t new_v
 
 /* ---- L1 and L2 tables -------------------------------------------------- */
 
-static enum ctype l2_type(const struct ck *c, uint64_t e)
+enum ctype ck_l2_type(const struct ck *c, uint64_t e)
 {
     const qk_image *img = c->img;
     if (e & OFLAG_COMPRESSED)
@@ -296,7 +267,7 @@ static enum ctype l2_type(const struct ck *c, uint64_t e)
     return CT_NORMAL_;
 }
 
-static uint64_t l2_get(const struct ck *c, const uint8_t *t, uint32_t i, uint64_t *bitmap)
+uint64_t ck_l2_get(const struct ck *c, const uint8_t *t, uint32_t i, uint64_t *bitmap)
 {
     const uint8_t *p = t + (size_t)i * c->img->l2_entry_size;
     *bitmap = c->img->extl2 ? be64_load(p + 8) : 0;
@@ -321,7 +292,7 @@ static int fix_l2_by_zero(struct ck *c, uint64_t l2_offset, uint8_t *t, uint32_t
     int r = image_write_sync(img, l2_offset + (uint64_t)i * img->l2_entry_size, p, img->l2_entry_size,
                              "an L2 table entry");
     if (r < 0) {
-        msg(c, "ERROR: Failed to overwrite L2 table entry: %s", qk_strerror(r));
+        ck_msg(c, "ERROR: Failed to overwrite L2 table entry: %s", qk_strerror(r));
         c->res->check_errors++;
         return r;
     }
@@ -338,15 +309,15 @@ static int check_l2(struct ck *c, uint64_t l2_offset, int flags)
     int has_data_file = img->data_io != img->io;
     int r = io_pread(img->io, c->buf, c->cs, l2_offset);
     if (r < 0) {
-        msg(c, "ERROR: I/O error in check_refcounts_l2");
+        ck_msg(c, "ERROR: I/O error in check_refcounts_l2");
         c->res->check_errors++;
         return r;
     }
     for (uint32_t i = 0; i < img->l2_entries; i++) {
-        uint64_t e = l2_get(c, c->buf, i, &bm);
-        enum ctype type = l2_type(c, e);
+        uint64_t e = ck_l2_get(c, c->buf, i, &bm);
+        enum ctype type = ck_l2_type(c, e);
         if (type != CT_COMPRESSED_ && (e & L2E_STD_RESERVED)) {
-            msg(c, "ERROR found l2 entry with reserved bits set: %" PRIx64, e);
+            ck_msg(c, "ERROR found l2 entry with reserved bits set: %" PRIx64, e);
             c->res->corruptions++;
         }
         switch (type) {
@@ -354,18 +325,18 @@ static int check_l2(struct ck *c, uint64_t l2_offset, int flags)
             uint64_t coff, nsec;
             if (e & OFLAG_COPIED) {
                 compressed_extent(img, e, &coff, &nsec);
-                msg(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must never be set for compressed clusters",
+                ck_msg(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must never be set for compressed clusters",
                     coff);
                 e &= ~OFLAG_COPIED;
                 c->res->corruptions++;
             }
             if (has_data_file) {
-                msg(c, "ERROR compressed cluster %u with data file, entry=0x%" PRIx64, i, e);
+                ck_msg(c, "ERROR compressed cluster %u with data file, entry=0x%" PRIx64, i, e);
                 c->res->corruptions++;
                 break;
             }
             if (bm) {
-                msg(c, "ERROR compressed cluster %u with non-zero subcluster allocation bitmap, "
+                ck_msg(c, "ERROR compressed cluster %u with non-zero subcluster allocation bitmap, "
                        "entry=0x%" PRIx64, i, e);
                 c->res->corruptions++;
                 break;
@@ -385,19 +356,19 @@ static int check_l2(struct ck *c, uint64_t l2_offset, int flags)
             uint64_t off = e & L2E_OFFSET_MASK;
             if ((bm >> 32) & bm) {
                 c->res->corruptions++;
-                msg(c, "ERROR offset=%" PRIx64 ": Allocated cluster has corrupted subcluster allocation bitmap",
+                ck_msg(c, "ERROR offset=%" PRIx64 ": Allocated cluster has corrupted subcluster allocation bitmap",
                     off);
             }
             if (!is_aligned(off, c->cs)) {
                 int has_data = img->extl2 ? (bm & 0xffffffffull) != 0 : !(e & OFLAG_ZERO);
                 c->res->corruptions++;
                 if (!has_data) {
-                    msg(c, "%s offset=%" PRIx64 ": Preallocated cluster is not properly aligned; "
+                    ck_msg(c, "%s offset=%" PRIx64 ": Preallocated cluster is not properly aligned; "
                            "L2 entry corrupted.", (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", off);
                     if ((c->fix & QK_CHECK_FIX_ERRORS) && fix_l2_by_zero(c, l2_offset, c->buf, i) == 0)
                         continue;
                 } else {
-                    msg(c, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; L2 entry corrupted.",
+                    ck_msg(c, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; L2 entry corrupted.",
                         off);
                 }
             }
@@ -416,7 +387,7 @@ static int check_l2(struct ck *c, uint64_t l2_offset, int flags)
         case CT_UNALLOC_:
             if (bm & 0xffffffffull) {
                 c->res->corruptions++;
-                msg(c, "ERROR: Unallocated cluster has non-zero subcluster allocation map");
+                ck_msg(c, "ERROR: Unallocated cluster has non-zero subcluster allocation map");
             }
             break;
         }
@@ -439,7 +410,7 @@ static int check_l1(struct ck *c, uint64_t l1_offset, uint32_t l1_size, int flag
     }
     /* io_pread reads zeros past the end of the file, as QEMU's file layer. */
     if ((r = io_pread(img->io, l1, (size_t)l1_size * 8, l1_offset)) < 0) {
-        msg(c, "ERROR: I/O error in check_refcounts_l1");
+        ck_msg(c, "ERROR: I/O error in check_refcounts_l1");
         c->res->check_errors++;
         free(l1);
         return r;
@@ -449,14 +420,14 @@ static int check_l1(struct ck *c, uint64_t l1_offset, uint32_t l1_size, int flag
         if (!e)
             continue;
         if (e & L1E_RESERVED_MASK) {
-            msg(c, "ERROR found L1 entry with reserved bits set: %" PRIx64, e);
+            ck_msg(c, "ERROR found L1 entry with reserved bits set: %" PRIx64, e);
             c->res->corruptions++;
         }
         uint64_t l2_offset = e & L1E_OFFSET_MASK;
         if ((r = inc_ref(c, l2_offset, c->cs)) < 0)
             break;
         if (!is_aligned(l2_offset, c->cs)) {
-            msg(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry corrupted", l2_offset);
+            ck_msg(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry corrupted", l2_offset);
             c->res->corruptions++;
         }
         r = check_l2(c, l2_offset, flags);
@@ -507,7 +478,7 @@ static int count_bitmap(struct ck *c, uint32_t i)
     }
     if ((r = io_pread(img->io, t, bytes, b->table_offset)) < 0) {
         free(t);
-        msg(c, "ERROR: could not read the table of bitmap '%s': %s", b->name, qk_strerror(r));
+        ck_msg(c, "ERROR: could not read the table of bitmap '%s': %s", b->name, qk_strerror(r));
         c->res->check_errors++;
         return r;
     }
@@ -520,7 +491,7 @@ static int count_bitmap(struct ck *c, uint32_t i)
             if ((b->flags & BME_FLAG_IN_USE) && !(c->fix & QK_CHECK_FIX_ERRORS)) {
                 /* QEMU opens the image (an in-use table is not loaded),
                  * then its check stops here with -EINVAL. */
-                msg(c, "ERROR bitmap '%s': table entry %u (%" PRIx64 ") is invalid; the check stops here "
+                ck_msg(c, "ERROR bitmap '%s': table entry %u (%" PRIx64 ") is invalid; the check stops here "
                        "as qemu-img's does (repair with -r all)", b->name, j, e);
                 free(t);
                 return -EINVAL;
@@ -596,7 +567,7 @@ static int count_bitmaps_counted(struct ck *c)
     return 0;
 }
 
-static void free_bitmap_state(struct ck *c)
+void ck_free_bitmaps(struct ck *c)
 {
     if (c->bm)
         for (uint32_t i = 0; i < c->img->nb_bitmaps; i++)
@@ -636,7 +607,7 @@ static void review_bitmaps(struct ck *c)
                     bitmap_problem(c, i, j < 0 ? "its bitmap table overlaps other metadata or data"
                                                : "a data cluster is also used by something else");
                 if (disk_rc(c, k, &disk) == 0 && disk != mem)
-                    msg(c, "Bitmap '%s': cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+                    ck_msg(c, "Bitmap '%s': cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
                         b->name, k, disk, mem);
             }
         }
@@ -645,7 +616,7 @@ static void review_bitmaps(struct ck *c)
         if (!c->bm[i].problem)
             continue;
         c->res->bitmaps_inconsistent++;
-        msg(c, "%s bitmap '%s' is inconsistent (%s)",
+        ck_msg(c, "%s bitmap '%s' is inconsistent (%s)",
             (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", img->bitmaps[i].name, c->bm[i].problem);
         /* QEMU refuses such a directory, or never sees the problem: count
          * it only when QEMU would not open the image (no counter to agree
@@ -660,10 +631,10 @@ static void review_bitmaps(struct ck *c)
         c->res->bitmaps_inconsistent += img->nb_bitmaps ? 0 : 1;
         c->res->corruptions++;
         c->bm_corrupt++;
-        msg(c, "%s bitmaps extension cannot be used: %s",
+        ck_msg(c, "%s bitmaps extension cannot be used: %s",
             (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", img->bitmap_dir_reason);
     } else if (img->hdr.has_bitmaps_ext && !c->count_bitmaps) {
-        msg(c, "Warning: the bitmaps extension is ignored (%s); its clusters are leaked",
+        ck_msg(c, "Warning: the bitmaps extension is ignored (%s); its clusters are leaked",
             img->hdr.version < 3 ? "v2 image" : "the bitmaps autoclear bit is clear");
     }
 }
@@ -688,20 +659,20 @@ static int check_refblocks(struct ck *c)
     for (uint64_t i = 0; i < img->reftable_entries; i++) {
         uint64_t e = img->reftable[i], off = e & REFT_OFFSET_MASK, k = off >> c->cb;
         if (e & REFT_RESERVED_MASK) {
-            msg(c, "ERROR refcount table entry %" PRIu64 " has reserved bits set", i);
+            ck_msg(c, "ERROR refcount table entry %" PRIu64 " has reserved bits set", i);
             c->res->corruptions++;
             c->rebuild = 1;
             continue;
         }
         if (!is_aligned(off, c->cs)) {
-            msg(c, "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount table entry corrupted", i);
+            ck_msg(c, "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount table entry corrupted", i);
             c->res->corruptions++;
             c->rebuild = 1;
             continue;
         }
         if (k >= c->nb) {
             c->res->corruptions++;
-            msg(c, "%s refcount block %" PRIu64 " is outside image",
+            ck_msg(c, "%s refcount block %" PRIu64 " is outside image",
                 (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", i);
             if (!(c->fix & QK_CHECK_FIX_ERRORS))
                 continue;
@@ -709,7 +680,7 @@ static int check_refblocks(struct ck *c)
              * a huge sparse file and a count array to match (memory follows
              * the real file size): rebuild instead. */
             if (off > 2 * c->file_len + ((uint64_t)64 << 20)) {
-                msg(c, "ERROR refcount block %" PRIu64 " is far past the end of the file; "
+                ck_msg(c, "ERROR refcount block %" PRIu64 " is far past the end of the file; "
                        "rebuilding the refcount structure instead of growing the file", i);
                 c->rebuild = 1;
                 continue;
@@ -723,7 +694,7 @@ static int check_refblocks(struct ck *c)
                 r = -EINVAL;
             if (r < 0) {
                 c->rebuild = 1;
-                msg(c, "ERROR could not resize image: %s", strerror(r > -1000 ? -r : EINVAL));
+                ck_msg(c, "ERROR could not resize image: %s", strerror(r > -1000 ? -r : EINVAL));
                 continue;
             }
             c->res->corruptions--;
@@ -737,7 +708,7 @@ static int check_refblocks(struct ck *c)
                 return r;
             uint64_t v = rc_get(c, k);
             if (v != 1) {
-                msg(c, "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i, v);
+                ck_msg(c, "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i, v);
                 c->res->corruptions++;
                 c->rebuild = 1;
             }
@@ -752,24 +723,24 @@ static int calculate(struct ck *c)
     qk_image *img = c->img;
     const struct qk_header *h = &img->hdr;
     int r;
-    free_bitmap_state(c);
+    ck_free_bitmaps(c);
     c->bm_corrupt = 0;
     if ((r = inc_ref(c, 0, c->cs)) < 0)
         return r;
     if ((r = check_l1(c, h->l1_offset, img->l1_size, CK_FRAG_INFO)) < 0)
         return r;
     if (img->data_io != img->io && img->nb_snapshots)
-        msg(c, "ERROR %u snapshots in image with data file", img->nb_snapshots);
+        ck_msg(c, "ERROR %u snapshots in image with data file", img->nb_snapshots);
     for (uint32_t i = 0; i < img->nb_snapshots; i++) {
         const struct qk_snapshot *sn = &img->snapshots[i];
         if (!is_aligned(sn->l1_offset, c->cs)) {
-            msg(c, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is not cluster aligned; snapshot table entry corrupted",
+            ck_msg(c, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is not cluster aligned; snapshot table entry corrupted",
                 sn->id, sn->name, sn->l1_offset);
             c->res->corruptions++;
             continue;
         }
         if (sn->l1_size > MAX_L1_BYTES / 8) {
-            msg(c, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is too large; snapshot table "
+            ck_msg(c, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is too large; snapshot table "
                    "entry corrupted", sn->id, sn->name, sn->l1_size);
             c->res->corruptions++;
             continue;
@@ -796,7 +767,7 @@ static void compare(struct ck *c, unsigned fix, uint64_t *highest)
         uint64_t r1, r2 = rc_get(c, i);
         int r = disk_rc(c, i, &r1);
         if (r < 0) {
-            msg(c, "Can't get refcount for cluster %" PRIu64 ": %s", i,
+            ck_msg(c, "Can't get refcount for cluster %" PRIu64 ": %s", i,
                 r == QK_E_CORRUPT ? "Input/output error" : qk_strerror(r));
             c->res->check_errors++;
             continue;
@@ -812,7 +783,7 @@ static void compare(struct ck *c, unsigned fix, uint64_t *highest)
             fixed = &c->res->leaks_fixed;
         else if (r1 < r2 && (fix & QK_CHECK_FIX_ERRORS))
             fixed = &c->res->corruptions_fixed;
-        msg(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+        ck_msg(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
             fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", i, r1, r2);
         if (fixed && disk_rc_adjust(c, i, r1, r2) == 0) {
             (*fixed)++;
@@ -868,8 +839,8 @@ static int rebuild(struct ck *c)
     uint64_t table_first = 0, table_n = 0;
     uint8_t *blk = NULL;
     int r = 0;
-    msg(c, "Rebuilding refcount structure");
-    memo_reset(c);
+    ck_msg(c, "Rebuilding refcount structure");
+    ck_memo_reset(c);
     if ((r = ck_flush(img)) < 0)
         return r;
     for (int changed = 1; changed;) {
@@ -944,7 +915,7 @@ static int rebuild(struct ck *c)
     }
 out:
     if (r < 0 && r != QK_E_CORRUPT)
-        msg(c, "ERROR: could not rebuild the refcount structure: %s", qk_strerror(r));
+        ck_msg(c, "ERROR: could not rebuild the refcount structure: %s", qk_strerror(r));
     free(rt);
     free(blk);
     return r;
@@ -970,7 +941,7 @@ static int check_copied(struct ck *c, unsigned fix)
             continue;
         if ((rc == 1) != ((l1e & OFLAG_COPIED) != 0)) {
             c->res->corruptions++;
-            msg(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64 " refcount=%" PRIu64,
+            ck_msg(c, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64 " refcount=%" PRIu64,
                 repair ? "Repairing" : "ERROR", i, l1e, rc);
             if (repair) {
                 if ((r = l1_entry_set(img, i, rc == 1 ? l1e | OFLAG_COPIED : l1e & ~OFLAG_COPIED)) < 0) {
@@ -982,14 +953,14 @@ static int check_copied(struct ck *c, unsigned fix)
             }
         }
         if ((r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0) {
-            msg(c, "ERROR: Could not read L2 table: %s", qk_strerror(r));
+            ck_msg(c, "ERROR: Could not read L2 table: %s", qk_strerror(r));
             c->res->check_errors++;
             return r;
         }
         int dirty = 0;
         for (uint32_t j = 0; j < img->l2_entries; j++) {
-            uint64_t e = l2_get(c, c->buf, j, &bm);
-            enum ctype t = l2_type(c, e);
+            uint64_t e = ck_l2_get(c, c->buf, j, &bm);
+            enum ctype t = ck_l2_type(c, e);
             if (t != CT_NORMAL_ && t != CT_ZERO_ALLOC_)
                 continue;
             if (img->data_io != img->io)
@@ -999,7 +970,7 @@ static int check_copied(struct ck *c, unsigned fix)
             if ((rc == 1) == ((e & OFLAG_COPIED) != 0))
                 continue;
             c->res->corruptions++;
-            msg(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%" PRIu64,
+            ck_msg(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%" PRIu64,
                 repair ? "Repairing" : "ERROR", e, rc);
             if (repair) {
                 be64_store(c->buf + (size_t)j * img->l2_entry_size, rc == 1 ? e | OFLAG_COPIED : e & ~OFLAG_COPIED);
@@ -1010,13 +981,13 @@ static int check_copied(struct ck *c, unsigned fix)
             continue;
         const char *what = overlap_find(img, l2_offset, c->cs);
         if (what && strcmp(what, "active L2 table")) {
-            msg(c, "ERROR: Could not write L2 table; metadata overlap check failed: %s", "Input/output error");
+            ck_msg(c, "ERROR: Could not write L2 table; metadata overlap check failed: %s", "Input/output error");
             c->res->check_errors++;
             return QK_E_CORRUPT;
         }
         cache_forget(img->l2_cache, l2_offset);
         if ((r = io_pwrite(img->io, c->buf, c->cs, l2_offset)) < 0) {
-            msg(c, "ERROR: Could not write L2 table: %s", qk_strerror(r));
+            ck_msg(c, "ERROR: Could not write L2 table: %s", qk_strerror(r));
             c->res->check_errors++;
             return r;
         }
@@ -1026,311 +997,11 @@ static int check_copied(struct ck *c, unsigned fix)
     return 0;
 }
 
-/* ---- entry repairs beyond QEMU ------------------------------------------- */
-
-/* What a guest cluster becomes when its entry cannot be kept: reads as
- * zeros (v3), unallocated (v2, which has no zero clusters). */
-static void zero_entry(const struct ck *c, uint64_t *e, uint64_t *bm)
-{
-    const qk_image *img = c->img;
-    *e = img->hdr.version >= 3 && !img->extl2 ? OFLAG_ZERO : 0;
-    *bm = img->extl2 ? 0xffffffff00000000ull : 0;
-}
-
-/* One active L2 entry: the problems QEMU's repair leaves (it reports them
- * again on every check). Returns what was wrong, or NULL. */
-static const char *fix_l2_entry(const struct ck *c, uint64_t *e, uint64_t *bm)
-{
-    const qk_image *img = c->img;
-    enum ctype t = l2_type(c, *e);
-    if (t == CT_COMPRESSED_) {
-        uint64_t coff, nsec;
-        compressed_extent(img, *e, &coff, &nsec);
-        if (coff + nsec * 512 > c->file_len + c->cs - 1 || coff < c->cs) {
-            zero_entry(c, e, bm);
-            return "compressed data outside the file; the cluster now reads as zeros";
-        }
-        if (*e & OFLAG_COPIED) {
-            *e &= ~OFLAG_COPIED;
-            return "COPIED set on a compressed cluster; cleared";
-        }
-        if (*bm) {
-            *bm = 0;
-            return "subcluster bitmap on a compressed cluster; cleared";
-        }
-        return NULL;
-    }
-    if (*e & L2E_STD_RESERVED) {
-        *e &= ~L2E_STD_RESERVED;
-        return "reserved bits cleared";
-    }
-    if (img->hdr.version < 3 && (*e & OFLAG_ZERO)) {
-        *e = 0;
-        return "zero cluster in a pre-v3 image; now unallocated (reads as zeros)";
-    }
-    if (t == CT_NORMAL_ || t == CT_ZERO_ALLOC_) {
-        uint64_t off = *e & L2E_OFFSET_MASK;
-        int has_data = img->extl2 ? (*bm & 0xffffffffull) != 0 : !(*e & OFLAG_ZERO);
-        if (!is_aligned(off, c->cs) && has_data) {
-            zero_entry(c, e, bm);
-            return "unaligned data cluster; the cluster now reads as zeros";
-        }
-        if (off >= c->file_len && img->data_io == img->io) {
-            zero_entry(c, e, bm);
-            return "data cluster past the end of the file (it read as zeros); now a zero cluster";
-        }
-        if ((*bm >> 32) & *bm) {
-            *bm &= ~(*bm >> 32);
-            return "subclusters both allocated and zero; they read as zeros now";
-        }
-    } else if (t == CT_UNALLOC_ && (*bm & 0xffffffffull)) {
-        *bm &= 0xffffffff00000000ull;
-        return "allocation bits on an unallocated cluster; cleared";
-    }
-    return NULL;
-}
-
-static int fix_l2_table(struct ck *c, uint64_t l2_offset)
-{
-    qk_image *img = c->img;
-    int r, dirty = 0;
-    if ((r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0)
-        return r;
-    for (uint32_t i = 0; i < img->l2_entries; i++) {
-        uint64_t bm, e = l2_get(c, c->buf, i, &bm), old = e;
-        const char *why;
-        int n = 0;
-        /* One problem at a time: clearing reserved bits may reveal the next. */
-        while (n < 4 && (why = fix_l2_entry(c, &e, &bm))) {
-            msg(c, "Repairing l2 entry %" PRIx64 " (L2 table %#" PRIx64 ", index %u): %s", old, l2_offset, i, why);
-            n++;
-        }
-        if (!n)
-            continue;
-        uint8_t *p = c->buf + (size_t)i * img->l2_entry_size;
-        be64_store(p, e);
-        if (img->extl2)
-            be64_store(p + 8, bm);
-        dirty++;
-        c->res->corruptions_fixed++;
-    }
-    if (!dirty)
-        return 0;
-    cache_forget(img->l2_cache, l2_offset);
-    return image_write_sync(img, l2_offset, c->buf, c->cs, "an L2 table");
-}
-
-/* Before counting (QK_CHECK_FIX_ERRORS): make every L1 and L2 entry (active
- * and snapshots) usable, so that no corruption stays that QEMU would report
- * again: reserved bits cleared, an L2 table that cannot be read (unaligned,
- * past the end of the file, the header) dropped, data entries that read as an
- * error or as zeros from outside the file made zero clusters. Clusters they
- * leave are found as leaks by the count that follows. */
-static int fix_l1_table(struct ck *c, uint64_t l1_offset, uint32_t l1_size, int active)
-{
-    qk_image *img = c->img;
-    int r;
-    for (uint32_t i = 0; i < l1_size; i++) {
-        uint64_t e, n, off;
-        if (active) {
-            e = img->l1[i];
-        } else {
-            uint8_t be[8];
-            if ((r = io_pread(img->io, be, 8, l1_offset + (uint64_t)i * 8)) < 0)
-                return r;
-            e = be64_load(be);
-        }
-        if (!(n = e))
-            continue;
-        if (n & L1E_RESERVED_MASK) {
-            n &= ~L1E_RESERVED_MASK;
-            msg(c, "Repairing L1 entry %u (%" PRIx64 "): reserved bits cleared", i, e);
-            c->res->corruptions_fixed++;
-        }
-        off = n & L1E_OFFSET_MASK;
-        if (n && (!is_aligned(off, c->cs) || off < c->cs || off >= c->file_len)) {
-            msg(c, "Repairing L1 entry %u (%" PRIx64 "): L2 table offset %#" PRIx64 " is unaligned, the header "
-                   "or past the end of the file; entry dropped (the range reads as unallocated)", i, e, off);
-            c->res->corruptions_fixed++;
-            n = 0;
-        }
-        if (n != e) {
-            r = active ? l1_entry_set(img, i, n)
-                       : image_write_be64_sync(img, l1_offset + (uint64_t)i * 8, n, "a snapshot L1 table");
-            if (r < 0)
-                return r;
-        }
-        if (n && (r = fix_l2_table(c, n & L1E_OFFSET_MASK)) < 0)
-            return r;
-    }
-    return 0;
-}
-
-static int snapshot_broken(const struct ck *c, const struct qk_snapshot *sn);
-
-static int fix_entries(struct ck *c)
-{
-    qk_image *img = c->img;
-    int r = fix_l1_table(c, img->hdr.l1_offset, img->l1_size, 1);
-    for (uint32_t i = 0; i < img->nb_snapshots && r == 0; i++)
-        if (!snapshot_broken(c, &img->snapshots[i]))
-            r = fix_l1_table(c, img->snapshots[i].l1_offset, img->snapshots[i].l1_size, 0);
-    if (r < 0)
-        c->res->check_errors++;
-    return r;
-}
-
-static int is_over(const struct ck *c, uint64_t k)
-{
-    uint64_t lo = 0, hi = c->nb_over;
-    while (lo < hi) {
-        uint64_t mid = (lo + hi) / 2;
-        if (c->over[mid] == k)
-            return 1;
-        if (c->over[mid] < k)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return 0;
-}
-
-/* After a repair pass left refcount overflows (more references to a data
- * cluster than refcount_bits can count): every active L2 reference past the
- * ones counted gets its own copy of the data. Returns 1 if it copied. */
-static int unshare_overflows(struct ck *c)
-{
-    qk_image *img = c->img;
-    memo_reset(c);
-    uint64_t *seen = calloc(c->nb_over ? c->nb_over : 1, 8);
-    uint8_t *data = malloc(c->cs);
-    int r = 0, copied = 0;
-    if (!seen || !data) {
-        free(seen);
-        free(data);
-        return -ENOMEM;
-    }
-    for (uint32_t i = 0; i < img->l1_size && r == 0; i++) {
-        uint64_t l2_offset = img->l1[i] & L1E_OFFSET_MASK, bm;
-        int dirty = 0;
-        if (!l2_offset || (r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0)
-            continue;
-        for (uint32_t j = 0; j < img->l2_entries && r == 0; j++) {
-            uint64_t e = l2_get(c, c->buf, j, &bm), k = (e & L2E_OFFSET_MASK) >> c->cb, n;
-            enum ctype t = l2_type(c, e);
-            if ((t != CT_NORMAL_ && t != CT_ZERO_ALLOC_) || !is_over(c, k))
-                continue;
-            uint64_t lo = 0;
-            while (c->over[lo] != k)
-                lo++;
-            /* L1 and L2 references come first in the count: the first
-             * rc_max references were counted, later ones overflowed. */
-            if (++seen[lo] <= c->rc_max)
-                continue;
-            if ((r = refcount_alloc(img, 1, &n)) < 0 || (r = ck_flush(img)) < 0 ||
-                (r = io_pread(img->io, data, c->cs, k << c->cb)) < 0 || (r = io_pwrite(img->io, data, c->cs, n)) < 0 ||
-                (r = img->io->ops->flush(img->io)) < 0)
-                break;
-            msg(c, "Repairing refcount overflow: l2_entry=%" PRIx64 " gets its own copy at %#" PRIx64, e, n);
-            be64_store(c->buf + (size_t)j * img->l2_entry_size, n | OFLAG_COPIED | (e & OFLAG_ZERO));
-            dirty = 1;
-            copied = 1;
-            c->res->corruptions_fixed++;
-        }
-        if (dirty && r == 0) {
-            cache_forget(img->l2_cache, l2_offset);
-            r = image_write_sync(img, l2_offset, c->buf, c->cs, "an L2 table");
-        }
-    }
-    free(seen);
-    free(data);
-    return r < 0 ? r : copied;
-}
-
-/* Snapshots whose L1 table QEMU can never use (unaligned, too large, past
- * the end of the file) are dropped from the snapshot table, which is
- * rewritten in place (it only shrinks) before the header count changes. Their
- * clusters are found as leaks by the count. Returns 1 if it dropped any. */
-static int snapshot_broken(const struct ck *c, const struct qk_snapshot *sn)
-{
-    uint64_t end = sn->l1_offset + (uint64_t)sn->l1_size * 8;
-    return !is_aligned(sn->l1_offset, c->cs) || sn->l1_size > MAX_L1_BYTES / 8 ||
-           (sn->l1_size && end - c->file_len < end && end - c->file_len >= c->cs);
-}
-
-static size_t snapshot_entry(const struct qk_snapshot *sn, uint8_t *p)
-{
-    size_t id = strlen(sn->id), name = strlen(sn->name);
-    size_t len = SNAP_FIXED_SIZE + sn->extra_size + id + name;
-    if (!p)
-        return (len + 7) & ~(size_t)7;
-    memset(p, 0, (len + 7) & ~(size_t)7);
-    be64_store(p, sn->l1_offset);
-    be32_store(p + 8, sn->l1_size);
-    be16_store(p + 12, (uint16_t)id);
-    be16_store(p + 14, (uint16_t)name);
-    be32_store(p + 16, sn->date_sec);
-    be32_store(p + 20, sn->date_nsec);
-    be64_store(p + 24, sn->vm_clock_nsec);
-    be32_store(p + 32, sn->vm_state_size > UINT32_MAX ? 0 : (uint32_t)sn->vm_state_size);
-    be32_store(p + 36, sn->extra_size);
-    if (sn->extra_size)
-        memcpy(p + SNAP_FIXED_SIZE, sn->extra, sn->extra_size);
-    memcpy(p + SNAP_FIXED_SIZE + sn->extra_size, sn->id, id);
-    memcpy(p + SNAP_FIXED_SIZE + sn->extra_size + id, sn->name, name);
-    return (len + 7) & ~(size_t)7;
-}
-
-static int drop_broken_snapshots(struct ck *c)
-{
-    qk_image *img = c->img;
-    uint32_t kept = 0;
-    size_t bytes = 0;
-    for (uint32_t i = 0; i < img->nb_snapshots; i++)
-        if (!snapshot_broken(c, &img->snapshots[i]))
-            bytes += snapshot_entry(&img->snapshots[i], NULL);
-    uint8_t *t = malloc(bytes ? bytes : 1);
-    if (!t)
-        return -ENOMEM;
-    size_t pos = 0;
-    for (uint32_t i = 0; i < img->nb_snapshots; i++) {
-        struct qk_snapshot *sn = &img->snapshots[i];
-        if (snapshot_broken(c, sn)) {
-            msg(c, "Repairing snapshot %s (%s): its L1 table (offset %#" PRIx64 ", %u entries) cannot be used; "
-                   "snapshot removed", sn->id, sn->name, sn->l1_offset, sn->l1_size);
-            c->res->corruptions_fixed++;
-            free(sn->id);
-            free(sn->name);
-            free(sn->extra);
-            continue;
-        }
-        pos += snapshot_entry(sn, t + pos);
-        img->snapshots[kept++] = *sn;
-    }
-    if (kept == img->nb_snapshots) {
-        free(t);
-        return 0;
-    }
-    img->nb_snapshots = kept;
-    img->snapshots_size = bytes;
-    int r = bytes ? image_write_sync(img, img->hdr.snapshots_offset, t, bytes, "the snapshot table") : 0;
-    free(t);
-    uint8_t h[12];
-    be32_store(h, kept);
-    be64_store(h + 4, kept ? img->hdr.snapshots_offset : 0);
-    if (r == 0 && (r = image_write_sync(img, HDR_NB_SNAPSHOTS, h, sizeof h, "the header")) == 0) {
-        img->hdr.nb_snapshots = kept;
-        if (!kept)
-            img->hdr.snapshots_offset = 0;
-    }
-    return r < 0 ? r : 1;
-}
-
 /* ---- the whole check ----------------------------------------------------- */
 
 /* qk_flush() without the open-handle check (the dirty repair runs inside
  * the open). */
-static int ck_flush(qk_image *img)
+int ck_flush(qk_image *img)
 {
     if (!img->writable)
         return 0;
@@ -1360,7 +1031,7 @@ static int check_refcounts(struct ck *c)
     int r;
     res->total_clusters = div_round_up(c->img->size, c->cs);
     c->rebuild = 0;
-    memo_reset(c);
+    ck_memo_reset(c);
     if ((r = calculate(c)) < 0)
         return r;
     review_bitmaps(c);
@@ -1383,7 +1054,7 @@ static int check_refcounts(struct ck *c)
             result_reset(res);
             compare(c, QK_CHECK_FIX_LEAKS, &highest);
             if (c->rebuild)
-                msg(c, "ERROR rebuilt refcount structure is still broken");
+                ck_msg(c, "ERROR rebuilt refcount structure is still broken");
             fresh_leaks = res->leaks;
             *res = saved;
         }
@@ -1394,7 +1065,7 @@ static int check_refcounts(struct ck *c)
         res->leaks += fresh_leaks;
     } else if (c->fix) {
         if (c->rebuild) {
-            msg(c, "ERROR need to rebuild refcount structures");
+            ck_msg(c, "ERROR need to rebuild refcount structures");
             res->check_errors++;
             return -EIO;
         }
@@ -1405,7 +1076,7 @@ static int check_refcounts(struct ck *c)
             compare(c, c->fix, &highest);
         }
     }
-    memo_reset(c);
+    ck_memo_reset(c);
     if ((r = ck_flush(c->img)) < 0) {
         res->check_errors++;
         return r;
@@ -1416,60 +1087,10 @@ static int check_refcounts(struct ck *c)
     return 0;
 }
 
-/* Remove the bitmaps found inconsistent (and an extension that cannot be
- * parsed). Refcounts are accurate here (Repair order 3): the directory is
- * rewritten with normal allocation; the bitmaps' own clusters are not freed
- * through their pointers, the next count finds them. Returns 1 if anything
- * was removed. */
-static int remove_bad_bitmaps(struct ck *c)
-{
-    qk_image *img = c->img;
-    struct qk_header *h = &img->hdr;
-    int r, removed = 0;
-    memo_reset(c);
-    if (!h->has_bitmaps_ext)
-        return 0;
-    if (img->bitmap_dir_error || !c->count_bitmaps) {
-        msg(c, "Dropping the bitmaps extension (%u bitmaps): %s", img->nb_bitmaps,
-            img->bitmap_dir_error ? img->bitmap_dir_reason : "it is not consistent");
-        c->res->bitmaps_removed += img->nb_bitmaps;
-        h->has_bitmaps_ext = 0;
-        h->bitmaps_ext_error = 0;
-        memset(&h->bitmaps, 0, sizeof h->bitmaps);
-        h->autoclear &= ~AUTOCLEAR_BITMAPS;
-        free_bitmap_state(c);
-        bitmap_free_all(img);
-        img->bitmap_dir_error = 0;
-        if ((r = image_rewrite_header(img)) < 0)
-            return r;
-        return 1;
-    }
-    for (uint32_t i = img->nb_bitmaps; i-- > 0;) {
-        if (!c->bm || !c->bm[i].problem)
-            continue;
-        char *name = strdup(img->bitmaps[i].name);
-        if (!name)
-            return -ENOMEM;
-        msg(c, "Removing bitmap '%s'", name);
-        free(c->bm[i].table);
-        memmove(&c->bm[i], &c->bm[i + 1], (img->nb_bitmaps - i - 1) * sizeof *c->bm);
-        r = qk_bitmap_remove(img, name);
-        free(name);
-        if (r < 0)
-            return r;
-        img->removed[img->nb_removed - 1].on_disk = 0;   /* freed by the next count */
-        c->res->bitmaps_removed++;
-        removed = 1;
-    }
-    if (removed && (r = bitmap_store_all(img)) < 0)
-        return r;
-    return removed;
-}
-
 static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
 {
     struct ck c = { .img = img, .res = res, .fix = fix & (QK_CHECK_FIX_LEAKS | QK_CHECK_FIX_ERRORS) };
-    memo_reset(&c);
+    ck_memo_reset(&c);
     int r;
     result_reset(res);
     c.cs = img->cluster_size;
@@ -1485,13 +1106,13 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         res->check_errors++;
         return -ENOMEM;
     }
-    r = (c.fix & QK_CHECK_FIX_ERRORS) ? fix_entries(&c) : 0;
-    if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && (r = drop_broken_snapshots(&c)) > 0)
+    r = (c.fix & QK_CHECK_FIX_ERRORS) ? ck_fix_entries(&c) : 0;
+    if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && (r = ck_drop_broken_snapshots(&c)) > 0)
         r = 0;
     if (r == 0)
         r = check_refcounts(&c);
     if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && c.nb_over && !res->check_errors &&
-        (r = unshare_overflows(&c)) > 0) {
+        (r = ck_unshare_overflows(&c)) > 0) {
         /* Count again: the copies are new references, the overflow gone. */
         qk_check_result first = *res;
         result_reset(res);
@@ -1502,7 +1123,7 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         res->leaks_fixed += first.leaks_fixed;
     }
     if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && !(fix & CK_NO_BITMAP_REPAIR) &&
-        res->corruptions <= c.bm_corrupt && !res->check_errors && (r = remove_bad_bitmaps(&c)) > 0) {
+        res->corruptions <= c.bm_corrupt && !res->check_errors && (r = ck_remove_bad_bitmaps(&c)) > 0) {
         /* Second pass: the removed bitmaps' clusters are leaks now. */
         qk_check_result first = *res;
         result_reset(res);
@@ -1523,7 +1144,7 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
             img->broken = 0;
         }
     }
-    free_bitmap_state(&c);
+    ck_free_bitmaps(&c);
     free(c.rc);
     free(c.ovf_key);
     free(c.ovf_val);
