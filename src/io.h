@@ -47,8 +47,10 @@ struct qk_io {
 #define QK_IO_NOSYNC 2   /* flush does nothing */
 int io_posix_open(qk_io **out, const char *path, int mode, int create);
 
-/* io-mem.c: a private copy of DATA (may be NULL/0). */
+/* io-mem.c: a private copy of DATA (may be NULL/0), growing up to 1 GiB,
+ * or up to MAX bytes. */
 int io_mem_new(qk_io **out, const void *data, size_t len);
+int io_mem_new_limited(qk_io **out, const void *data, size_t len, uint64_t max);
 const uint8_t *io_mem_data(qk_io *io, size_t *len);
 
 /* io-fault.c: fail the Nth operation of a kind; record writes and flushes. */
@@ -65,6 +67,8 @@ void io_fault_free(struct io_fault *f);
 /* Fail the NTH (1-based, counted from now) operation of KIND; 0 = never. */
 void io_fault_set(struct io_fault *f, int kind, long nth);
 long io_fault_count(const struct io_fault *f, int kind);
+/* Closing the wrapper will not close the inner backend (the caller does). */
+void io_fault_keep_inner(struct io_fault *f);
 const struct io_fault_op *io_fault_log(const struct io_fault *f, size_t *len);
 /* Wrap INNER (owned by the wrapper from now on); CTL stays the caller's. */
 int io_fault_wrap(qk_io **out, qk_io *inner, struct io_fault *ctl);

@@ -86,6 +86,11 @@ static int write_cluster(qk_image *img, uint64_t cstart, uint64_t a, uint64_t n,
     uint64_t host = old & L2E_OFFSET_MASK;
     int compressed = (old & OFLAG_COMPRESSED) != 0;
     int in_place = entry_allocated(img, old) && (old & OFLAG_COPIED);
+    /* A cluster of ours wholly past the end of the file cannot come from a
+     * sane image: writing there could grow the file without bound. */
+    if (in_place && !has_data_file(img) && host >= ((img->file_size + cs - 1) & ~(cs - 1)))
+        return QK_CORRUPT(img, "Data cluster offset %#llx is past the end of the file",
+                          (unsigned long long)host);
     uint32_t u0 = (uint32_t)(a / unit), u1 = (uint32_t)((a + n - 1) / unit);
 
     /* Fast path: our own cluster whose touched units already hold data. */
@@ -225,6 +230,13 @@ static int64_t write_fresh_run(qk_image *img, const uint8_t *data, uint64_t len,
     return (int64_t)(n * cs);
 }
 
+/* Checks shared by every guest write, then bitmap tracking of the range. */
+static int begin_write(qk_image *img, uint64_t len, uint64_t offset)
+{
+    int r = check_writable(img, len, offset);
+    return r < 0 ? r : bitmap_track_write(img, offset, len);
+}
+
 static int write_range(qk_image *img, const uint8_t *data, uint64_t len, uint64_t offset)
 {
     uint64_t cs = img->cluster_size;
@@ -253,10 +265,8 @@ static int write_range(qk_image *img, const uint8_t *data, uint64_t len, uint64_
 
 QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offset)
 {
-    int r = check_writable(img, len, offset);
+    int r = begin_write(img, len, offset);
     if (r < 0)
-        return r;
-    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = io_pwrite(img->io, buf, len, offset);
@@ -317,10 +327,8 @@ static int zero_units(qk_image *img, uint64_t cstart, uint32_t u0, uint32_t u1, 
 
 QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsigned flags)
 {
-    int r = check_writable(img, len, offset);
+    int r = begin_write(img, len, offset);
     if (r < 0)
-        return r;
-    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW || img->hdr.version < 3 || has_data_file(img)) {
         if (img->fmt == QK_FMT_RAW) {
@@ -366,10 +374,8 @@ QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsign
 
 QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset)
 {
-    int r = check_writable(img, len, offset);
+    int r = begin_write(img, len, offset);
     if (r < 0)
-        return r;
-    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = img->io->ops->punch_hole(img->io, offset, len);
