@@ -616,8 +616,11 @@ static void review_bitmaps(struct ck *c)
         if (!c->bm[i].problem)
             continue;
         c->res->bitmaps_inconsistent++;
+        /* Not an error where QEMU sees none (in use): a warning. */
         ck_msg(c, "%s bitmap '%s' is inconsistent (%s)",
-            (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", img->bitmaps[i].name, c->bm[i].problem);
+               (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing"
+               : qemu_refuses(&img->bitmaps[i]) || c->bm[i].table == NULL ? "ERROR" : "Warning:",
+               img->bitmaps[i].name, c->bm[i].problem);
         /* QEMU refuses such a directory, or never sees the problem: count
          * it only when QEMU would not open the image (no counter to agree
          * with), so that QEMU's counters stay ours. */
