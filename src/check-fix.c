@@ -188,56 +188,78 @@ int ck_fix_entries(struct ck *c)
     return r;
 }
 
-static int is_over(const struct ck *c, uint64_t k)
+/* The index of cluster K in c->over, or -1. */
+static int64_t over_index(const struct ck *c, uint64_t k)
 {
-    uint64_t lo = 0, hi = c->nb_over;
-    while (lo < hi) {
-        uint64_t mid = (lo + hi) / 2;
-        if (c->over[mid] == k)
-            return 1;
-        if (c->over[mid] < k)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return 0;
+    for (uint64_t i = 0; i < c->nb_over; i++)
+        if (c->over[i] == k)
+            return (int64_t)i;
+    return -1;
 }
 
-/* After a repair pass left refcount overflows (more references to a data
- * cluster than refcount_bits can count): every active L2 reference past the
- * ones counted gets its own copy of the data. Returns 1 if it copied. */
-int ck_unshare_overflows(struct ck *c)
+void ck_note_overflow(struct ck *c, uint64_t k)
+{
+    int64_t i = over_index(c, k);
+    if (i < 0 && c->nb_over < CK_MAX_OVER) {
+        uint64_t *o = realloc(c->over, (c->nb_over + 1) * 8), *n;
+        if (o)
+            c->over = o;
+        n = o ? realloc(c->over_n, (c->nb_over + 1) * 8) : NULL;
+        if (!n)
+            return;
+        c->over_n = n;
+        c->over[c->nb_over] = k;
+        n[c->nb_over] = 0;
+        i = (int64_t)c->nb_over++;
+    }
+    if (i >= 0)
+        c->over_n[i]++;
+}
+
+/* Copy the cluster at K to a new cluster; *n gets its offset. */
+static int copy_cluster(struct ck *c, uint64_t k, uint8_t *data, uint64_t *n)
 {
     qk_image *img = c->img;
-    ck_memo_reset(c);
-    uint64_t *seen = calloc(c->nb_over ? c->nb_over : 1, 8);
-    uint8_t *data = malloc(c->cs);
+    int r;
+    if ((r = refcount_alloc(img, 1, n)) < 0 || (r = ck_flush(img)) < 0 ||
+        (r = io_pread(img->io, data, c->cs, k << c->cb)) < 0 || (r = io_pwrite(img->io, data, c->cs, *n)) < 0)
+        return r;
+    return img->io->ops->flush(img->io);
+}
+
+/* One walk of the active L1/L2 references (each L1 entry, then its L2
+ * entries): COPY 0 counts the references to each overflowing cluster in
+ * SEEN; COPY 1 gives the last over_n of them their own copy. */
+static int unshare_walk(struct ck *c, uint64_t *seen, const uint64_t *total, int copy, uint8_t *data)
+{
+    qk_image *img = c->img;
     int r = 0, copied = 0;
-    if (!seen || !data) {
-        free(seen);
-        free(data);
-        return -ENOMEM;
-    }
     for (uint32_t i = 0; i < img->l1_size && r == 0; i++) {
-        uint64_t l2_offset = img->l1[i] & L1E_OFFSET_MASK, bm;
-        int dirty = 0;
-        if (!l2_offset || (r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0)
+        uint64_t l2_offset = img->l1[i] & L1E_OFFSET_MASK, bm, n;
+        int64_t x = l2_offset ? over_index(c, l2_offset >> c->cb) : -1;
+        if (!l2_offset)
             continue;
+        if (x >= 0 && ++seen[x] > (total[x] > c->over_n[x] ? total[x] - c->over_n[x] : 0) && copy) {
+            if ((r = copy_cluster(c, l2_offset >> c->cb, data, &n)) < 0 ||
+                (r = l1_entry_set(img, i, n | OFLAG_COPIED)) < 0)
+                break;
+            ck_msg(c, "Repairing refcount overflow: L1 entry %u gets its own copy of L2 table %#" PRIx64 " at %#" PRIx64,
+                   i, l2_offset, n);
+            c->res->corruptions_fixed++;
+            copied = 1;
+            l2_offset = n;
+        }
+        if ((r = io_pread(img->io, c->buf, c->cs, l2_offset)) < 0)
+            break;
+        int dirty = 0;
         for (uint32_t j = 0; j < img->l2_entries && r == 0; j++) {
-            uint64_t e = ck_l2_get(c, c->buf, j, &bm), k = (e & L2E_OFFSET_MASK) >> c->cb, n;
+            uint64_t e = ck_l2_get(c, c->buf, j, &bm), k = (e & L2E_OFFSET_MASK) >> c->cb;
             enum ctype t = ck_l2_type(c, e);
-            if ((t != CT_NORMAL_ && t != CT_ZERO_ALLOC_) || !is_over(c, k))
+            if ((t != CT_NORMAL_ && t != CT_ZERO_ALLOC_) || (x = over_index(c, k)) < 0)
                 continue;
-            uint64_t lo = 0;
-            while (c->over[lo] != k)
-                lo++;
-            /* L1 and L2 references come first in the count: the first
-             * rc_max references were counted, later ones overflowed. */
-            if (++seen[lo] <= c->rc_max)
+            if (++seen[x] <= (total[x] > c->over_n[x] ? total[x] - c->over_n[x] : 0) || !copy)
                 continue;
-            if ((r = refcount_alloc(img, 1, &n)) < 0 || (r = ck_flush(img)) < 0 ||
-                (r = io_pread(img->io, data, c->cs, k << c->cb)) < 0 || (r = io_pwrite(img->io, data, c->cs, n)) < 0 ||
-                (r = img->io->ops->flush(img->io)) < 0)
+            if ((r = copy_cluster(c, k, data, &n)) < 0)
                 break;
             ck_msg(c, "Repairing refcount overflow: l2_entry=%" PRIx64 " gets its own copy at %#" PRIx64, e, n);
             be64_store(c->buf + (size_t)j * img->l2_entry_size, n | OFLAG_COPIED | (e & OFLAG_ZERO));
@@ -250,9 +272,26 @@ int ck_unshare_overflows(struct ck *c)
             r = image_write_sync(img, l2_offset, c->buf, c->cs, "an L2 table");
         }
     }
-    free(seen);
-    free(data);
     return r < 0 ? r : copied;
+}
+
+/* After a repair pass left refcount overflows (more references than
+ * refcount_bits can count): the last active L1/L2 references to each such
+ * cluster get their own copy (an L2 table or a data cluster), as many as
+ * could not be counted. Returns 1 if it copied (count again: copied L2
+ * tables add references to their data clusters, which a next round splits). */
+int ck_unshare_overflows(struct ck *c)
+{
+    ck_memo_reset(c);
+    uint64_t *seen = calloc(c->nb_over, 8), *total = calloc(c->nb_over, 8);
+    uint8_t *data = malloc(c->cs);
+    int r = -ENOMEM;
+    if (seen && total && data && (r = unshare_walk(c, total, total, 0, data)) >= 0)
+        r = unshare_walk(c, seen, total, 1, data);
+    free(seen);
+    free(total);
+    free(data);
+    return r;
 }
 
 static size_t snapshot_entry(const struct qk_snapshot *sn, uint8_t *p)

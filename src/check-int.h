@@ -11,6 +11,7 @@
 #include "internal.h"
 
 #define CK_FRAG_INFO 1          /* count allocated/fragmented/compressed clusters */
+#define CK_MAX_OVER 4096     /* overflowing clusters remembered for unsharing */
 #define CK_BIG 0xFFFFu          /* count stored in the overflow hash */
 #define CK_NO_BITMAP_REPAIR 0x100u  /* internal: dirty-image repair leaves bitmaps alone */
 
@@ -40,7 +41,8 @@ struct ck {
     struct ck_bitmap *bm;
     int count_bitmaps;      /* the bitmaps extension is counted (QEMU loads it) */
     int64_t bm_corrupt;     /* corruptions found in bitmap structures */
-    uint64_t *over;         /* clusters whose references overflowed, sorted */
+    uint64_t *over;         /* clusters whose references overflowed (at most CK_MAX_OVER) */
+    uint64_t *over_n;       /* how many references each could not count */
     uint64_t memo_i;        /* refcount table index of memo_b, UINT64_MAX if none */
     const uint8_t *memo_b;  /* that block in img->rb_cache: valid until the next
                                use of the cache (ck_memo_reset() before any) */
@@ -63,6 +65,8 @@ int ck_flush(qk_image *img);
 int ck_fix_entries(struct ck *c);
 int ck_drop_broken_snapshots(struct ck *c);
 int ck_unshare_overflows(struct ck *c);
+/* check.c's count found one reference to cluster K it could not count. */
+void ck_note_overflow(struct ck *c, uint64_t k);
 int ck_remove_bad_bitmaps(struct ck *c);
 
 #endif

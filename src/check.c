@@ -186,13 +186,7 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
             ck_msg(c, "Use qemu-img amend to increase the refcount entry width or qemu-img convert "
                    "to create a clean copy if the image cannot be opened for writing");
             c->res->corruptions++;
-            if (!c->nb_over || c->over[c->nb_over - 1] < k) {
-                uint64_t *o = realloc(c->over, (c->nb_over + 1) * 8);
-                if (o) {
-                    c->over = o;
-                    o[c->nb_over++] = k;
-                }
-            }
+            ck_note_overflow(c, k);
             continue;
         }
         if (v + 1 < CK_BIG && c->rc[k] != CK_BIG)
@@ -728,6 +722,7 @@ static int calculate(struct ck *c)
     int r;
     ck_free_bitmaps(c);
     c->bm_corrupt = 0;
+    c->nb_over = 0;
     if ((r = inc_ref(c, 0, c->cs)) < 0)
         return r;
     if ((r = check_l1(c, h->l1_offset, img->l1_size, CK_FRAG_INFO)) < 0)
@@ -1114,8 +1109,8 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         r = 0;
     if (r == 0)
         r = check_refcounts(&c);
-    if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && c.nb_over && !res->check_errors &&
-        (r = ck_unshare_overflows(&c)) > 0) {
+    for (int round = 0; round < 4 && r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && c.nb_over &&
+                        !res->check_errors && (r = ck_unshare_overflows(&c)) > 0; round++) {
         /* Count again: the copies are new references, the overflow gone. */
         qk_check_result first = *res;
         result_reset(res);
@@ -1152,6 +1147,7 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
     free(c.ovf_key);
     free(c.ovf_val);
     free(c.over);
+    free(c.over_n);
     free(c.buf);
     return r < 0 ? r : 0;
 }
