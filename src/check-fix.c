@@ -176,10 +176,41 @@ static int snapshot_broken(const struct ck *c, const struct qk_snapshot *sn)
            (sn->l1_size && end - c->file_len < end && end - c->file_len >= c->cs);
 }
 
+/* The active L1 table ends a cluster or more past the end of the file (it
+ * read as zeros): write it at the end of the file and point the header at
+ * it. Runs after the entries are fixed, so nothing points there. */
+static int move_l1_table(struct ck *c)
+{
+    qk_image *img = c->img;
+    uint64_t bytes = (uint64_t)img->l1_size * 8, end = img->hdr.l1_offset + bytes, off;
+    if (!bytes || end <= c->file_len || end - c->file_len < c->cs)
+        return 0;
+    if (ck_align_up(c->file_len, c->cs, &off) < 0)
+        return -EFBIG;
+    uint8_t *t = calloc(1, bytes);
+    if (!t)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < img->l1_size; i++)
+        be64_store(t + (size_t)i * 8, img->l1[i]);
+    int r = image_write_sync(img, off, t, bytes, "the L1 table");
+    free(t);
+    if (r == 0 && (r = image_write_be64_sync(img, HDR_L1_OFFSET, off, "the header")) == 0) {
+        ck_msg(c, "Repairing the active L1 table: it was past the end of the file (offset %#" PRIx64
+                  "); written again at %#" PRIx64, img->hdr.l1_offset, off);
+        c->res->corruptions_fixed++;
+        img->hdr.l1_offset = off;
+        if ((r = img->io->ops->get_size(img->io, &c->file_len)) == 0)
+            img->file_size = c->file_len;
+    }
+    return r;
+}
+
 int ck_fix_entries(struct ck *c)
 {
     qk_image *img = c->img;
     int r = fix_l1_table(c, img->hdr.l1_offset, img->l1_size, 1);
+    if (r == 0)
+        r = move_l1_table(c);
     for (uint32_t i = 0; i < img->nb_snapshots && r == 0; i++)
         if (!snapshot_broken(c, &img->snapshots[i]))
             r = fix_l1_table(c, img->snapshots[i].l1_offset, img->snapshots[i].l1_size, 0);

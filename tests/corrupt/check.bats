@@ -125,6 +125,18 @@ both() {
     both
 }
 
+@test "the active L1 table past the end of the file" {
+    poke img.qcow2 40 8 $((0x10000000))
+    # Both repairs keep what QEMU reads there (zeros: an empty disk); ours
+    # also writes the table inside the file, which qemu-img's repair cannot.
+    both
+}
+
+@test "the refcount table past the end of the file (rebuild)" {
+    poke img.qcow2 48 8 $((0x10000000))
+    both
+}
+
 @test "a refcount table entry past the end of the file" {
     poke img.qcow2 $(($(hdr img.qcow2 reftable) + 8)) 8 $((0x1000000))
     both
