@@ -1098,6 +1098,10 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         return r;
     }
     c.rc_max = img->refcount_bits == 64 ? UINT64_MAX : (1ull << img->refcount_bits) - 1;
+    if (div_round_up(c.file_len, c.cs) > INT32_MAX) {   /* QEMU's limit too */
+        res->check_errors++;
+        return -EFBIG;
+    }
     c.buf = malloc(c.cs);
     if (!c.buf || rc_grow(&c, div_round_up(c.file_len, c.cs)) < 0) {
         free(c.buf);

@@ -159,6 +159,12 @@ set_rc() {
     same_check a.qcow2 a.qcow2
 }
 
+@test "a file of more than 2^31 clusters: Check failed: File too large" {
+    qemu-img create -q -f qcow2 -o cluster_size=512 a.qcow2 1G
+    truncate -s 2T a.qcow2
+    same_check a.qcow2
+}
+
 @test "missing file" {
     same_check nosuch.qcow2
 }
