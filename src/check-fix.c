@@ -446,3 +446,80 @@ int ck_remove_bad_bitmaps(struct ck *c)
         return r;
     return removed;
 }
+
+/* v3 snapshots whose extra data is shorter than 16 bytes (no disk size):
+ * QEMU's qcow2_check_read_snapshot_table reports them before the count. */
+int64_t ck_snapshots_incomplete(struct ck *c)
+{
+    qk_image *img = c->img;
+    int64_t n = 0;
+    if (img->hdr.version < 3)
+        return 0;
+    for (uint32_t i = 0; i < img->nb_snapshots; i++) {
+        if (img->snapshots[i].extra_size >= 16)
+            continue;
+        ck_msg(c, "%s snapshot table entry %u is incomplete",
+               (c->fix & QK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", i);
+        n++;
+    }
+    return n;
+}
+
+/* QEMU's qcow2_check_fix_snapshot_table: incomplete entries get 24 bytes of
+ * extra data (VM state size, the disk size, icount -1) and the table is
+ * written to new clusters (refcounts are accurate here), the header
+ * switched, the old table freed. */
+int ck_fix_snapshot_extra(struct ck *c)
+{
+    qk_image *img = c->img;
+    size_t bytes = 0;
+    int r;
+    for (uint32_t i = 0; i < img->nb_snapshots; i++) {
+        struct qk_snapshot *sn = &img->snapshots[i];
+        if (sn->extra_size < 16) {
+            uint8_t *x = calloc(1, 24);
+            if (!x)
+                return -ENOMEM;
+            if (sn->extra_size)
+                memcpy(x, sn->extra, sn->extra_size);
+            be64_store(x, sn->vm_state_size);
+            be64_store(x + 8, img->size);
+            be64_store(x + 16, UINT64_MAX);
+            free(sn->extra);
+            sn->extra = x;
+            sn->extra_size = 24;
+            sn->disk_size = img->size;
+            sn->has_disk_size = 1;
+        }
+        bytes += snapshot_entry(sn, NULL);
+    }
+    uint8_t *t = calloc(1, bytes ? bytes : 1);
+    if (!t)
+        return -ENOMEM;
+    size_t pos = 0;
+    for (uint32_t i = 0; i < img->nb_snapshots; i++)
+        pos += snapshot_entry(&img->snapshots[i], t + pos);
+    uint64_t off, old = img->hdr.snapshots_offset, old_size = img->snapshots_size;
+    ck_memo_reset(c);
+    if ((r = refcount_alloc(img, div_round_up(bytes, c->cs), &off)) == 0 && (r = ck_flush(img)) == 0 &&
+        (r = image_write_sync(img, off, t, bytes, "the snapshot table")) == 0) {
+        uint8_t h[12];
+        be32_store(h, img->nb_snapshots);
+        be64_store(h + 4, off);
+        r = image_write_sync(img, HDR_NB_SNAPSHOTS, h, sizeof h, "the header");
+    }
+    free(t);
+    if (r < 0)
+        return r;
+    img->hdr.snapshots_offset = off;
+    img->snapshots_size = bytes;
+    /* Free what the count gave the old table (a table ending less than a
+     * cluster past the end of the file was counted). */
+    if (old_size && (old + old_size <= c->file_len || old + old_size - c->file_len < c->cs))
+        r = refcount_update(img, old, old_size, -1);
+    if (r == 0)
+        r = ck_flush(img);
+    if (r == 0 && (r = img->io->ops->get_size(img->io, &c->file_len)) == 0)
+        img->file_size = c->file_len;
+    return r;
+}

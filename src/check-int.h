@@ -65,6 +65,8 @@ int ck_flush(qk_image *img);
 int ck_fix_entries(struct ck *c);
 int ck_drop_broken_snapshots(struct ck *c);
 int ck_unshare_overflows(struct ck *c);
+int64_t ck_snapshots_incomplete(struct ck *c);
+int ck_fix_snapshot_extra(struct ck *c);
 /* check.c's count found one reference to cluster K it could not count. */
 void ck_note_overflow(struct ck *c, uint64_t k);
 int ck_remove_bad_bitmaps(struct ck *c);

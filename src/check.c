@@ -1108,6 +1108,7 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         res->check_errors++;
         return -ENOMEM;
     }
+    int64_t incomplete = ck_snapshots_incomplete(&c);
     r = (c.fix & QK_CHECK_FIX_ERRORS) ? ck_fix_entries(&c) : 0;
     if (r == 0 && (c.fix & QK_CHECK_FIX_ERRORS) && (r = ck_drop_broken_snapshots(&c)) > 0)
         r = 0;
@@ -1135,6 +1136,14 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
         res->leaks_fixed += first.leaks_fixed;
         res->bitmaps_inconsistent = first.bitmaps_inconsistent;
         res->bitmaps_removed = first.bitmaps_removed;
+    }
+    if (r == 0 && incomplete) {
+        /* Counted apart, as QEMU's snapshot result is added after the
+         * refcount result (a rebuild resets the latter). */
+        if ((c.fix & QK_CHECK_FIX_ERRORS) && !res->check_errors && (r = ck_fix_snapshot_extra(&c)) == 0)
+            res->corruptions_fixed += incomplete;
+        else
+            res->corruptions += incomplete;
     }
     if (r == 0 && c.fix && !res->check_errors && !res->corruptions &&
         (img->hdr.incompat & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT))) {

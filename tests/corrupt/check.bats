@@ -250,6 +250,18 @@ both() {
     both
 }
 
+@test "snapshot table: the header counts more snapshots than the table has" {
+    qemu-img snapshot -c s1 img.qcow2
+    poke img.qcow2 60 4 2
+    both
+}
+
+@test "snapshot table: past the end of the file" {
+    qemu-img snapshot -c s1 img.qcow2
+    poke img.qcow2 64 8 $((0x10000000))
+    both
+}
+
 @test "snapshot: COPIED set on a shared cluster" {
     qemu-img snapshot -c s1 img.qcow2
     poke img.qcow2 "$(l2off img.qcow2 0)" 8 $(($(l2e img.qcow2 0 0) | 0x8000000000000000))
