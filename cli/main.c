@@ -21,6 +21,7 @@ static const struct {
     { "resize",  cmd_resize,  "change the virtual size of an image" },
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
     { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
+    { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
 };
 
 void cli_error(const char *fmt, ...)

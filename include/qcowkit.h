@@ -76,6 +76,7 @@ enum qk_format {
 #define QK_OPEN_NO_BACKING   0x0004u /**< do not open backing files (reads of unallocated ranges return zeros) */
 #define QK_OPEN_NO_LOCK      0x0008u /**< take no locks at all */
 #define QK_OPEN_UNSAFE       0x0010u /**< never flush to disk (qemu-img -t unsafe): fast, but a crash may corrupt the image; for filling new images */
+#define QK_OPEN_CHECK        0x0020u /**< open for qk_check (like QEMU's BDRV_O_CHECK): a corrupt image may be opened read-write, a dirty one is not repaired at open, a broken snapshot table is left to qk_check */
 #define QK_OPEN_FMT_QCOW2    0x0100u /**< the file must be qcow2 (else QK_E_NOT_FORMAT) */
 #define QK_OPEN_FMT_RAW      0x0200u /**< treat the file as raw */
 
@@ -281,6 +282,44 @@ typedef int (*qk_extent_fn)(void *opaque, uint64_t offset, uint64_t length, int 
  *  adjacent runs of the same state merged. */
 QK_API int qk_bitmap_extents(qk_image *img, const char *name, uint64_t offset, uint64_t length,
                              qk_extent_fn fn, void *opaque);
+
+/* ------------------------------------------------------------------ */
+/* Consistency check and repair (qemu-img check) */
+
+#define QK_CHECK_FIX_LEAKS  0x1u /**< free clusters whose refcount is too high */
+#define QK_CHECK_FIX_ERRORS 0x2u /**< also fix refcounts that are too low, COPIED flags, the
+                                      refcount structure, and remove inconsistent bitmaps */
+
+/** Counters of one check, with qemu-img's meaning (ImageCheck). */
+typedef struct qk_check_result {
+    unsigned struct_version;        /**< set by QK_CHECK_RESULT_INIT */
+    int64_t corruptions;            /**< references not covered by refcounts, broken metadata */
+    int64_t leaks;                  /**< clusters whose refcount is higher than their references */
+    int64_t check_errors;           /**< the check itself could not do something (I/O, memory) */
+    int64_t corruptions_fixed;
+    int64_t leaks_fixed;
+    uint64_t image_end_offset;      /**< end of the last used cluster */
+    uint64_t total_clusters;        /**< clusters of the virtual disk */
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    uint64_t bitmaps_inconsistent;  /**< bitmaps found inconsistent (QEMU does not report these) */
+    uint64_t bitmaps_removed;       /**< of which removed by QK_CHECK_FIX_ERRORS */
+    /** Called with each diagnostic line (no newline), as qemu-img prints them
+     *  on stderr ("Leaked cluster 5 refcount=1 reference=0", ...). May be NULL. */
+    void (*message)(void *opaque, const char *line);
+    void *opaque;
+} qk_check_result;
+
+#define QK_CHECK_RESULT_VERSION 1
+#define QK_CHECK_RESULT_INIT { QK_CHECK_RESULT_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL }
+
+/** Check IMG (open it with QK_OPEN_CHECK, and QK_OPEN_RDWR to repair) as
+ *  `qemu-img check` does, repairing what FLAGS (QK_CHECK_FIX_*) allow. The
+ *  counters in *RES are reset first (message and opaque are kept). Returns 0
+ *  when the check ran (whatever it found), QK_E_UNSUPPORTED for a raw image,
+ *  or a negative code when it could not complete (qemu-img's "Check failed"). */
+QK_API int qk_check(qk_image *img, unsigned flags, qk_check_result *res);
 
 /* ------------------------------------------------------------------ */
 /* Creating */

@@ -104,10 +104,11 @@ static int prepare_writable(qk_image *img)
 {
     struct qk_header *h = &img->hdr;
     int r;
-    if (h->incompat & INCOMPAT_DIRTY)
-        return qk_set_error(img, QK_E_UNSUPPORTED,
-                            "The image is dirty (lazy refcounts); repair it with 'qemu-img check -r all' first");
     if ((r = refcount_open(img)) < 0 || (r = bitmap_open_writable(img)) < 0)
+        return r;
+    /* A dirty lazy-refcounts image is repaired before use, as QEMU does
+     * (qcow2_do_open); an open for qk_check leaves that to the check. */
+    if ((h->incompat & INCOMPAT_DIRTY) && !(img->flags & QK_OPEN_CHECK) && (r = check_repair_dirty(img)) < 0)
         return r;
     uint64_t keep = h->autoclear & AUTOCLEAR_KNOWN;
     if (h->autoclear != keep && h->version >= 3) {
@@ -186,7 +187,8 @@ static int validate_table(qk_image *img, uint64_t offset, uint64_t entries, uint
     uint64_t bytes = entries * entry_len;
     if ((uint64_t)INT64_MAX - bytes < offset || !is_aligned(offset, img->cluster_size))
         return QK_CORRUPT(img, "%s offset invalid", name);
-    if (bytes && (offset == 0 || offset + bytes > img->file_size))
+    /* QEMU opens such an image for a check, which then reports it. */
+    if (bytes && (offset == 0 || (offset + bytes > img->file_size && !(img->flags & QK_OPEN_CHECK))))
         return QK_CORRUPT(img, "%s is past the end of the file (offset %#llx, %llu bytes)", name,
                           (unsigned long long)offset, (unsigned long long)bytes);
     return 0;
@@ -244,7 +246,7 @@ static int open_qcow2(qk_image *img)
     img->subcluster_size = img->extl2 ? img->cluster_size / EXTL2_SUBCLUSTERS : img->cluster_size;
     img->size = h->size & ~511ull;   /* QEMU counts whole 512-byte sectors */
 
-    if ((h->incompat & INCOMPAT_CORRUPT) && img->writable)
+    if ((h->incompat & INCOMPAT_CORRUPT) && img->writable && !(img->flags & QK_OPEN_CHECK))
         return QK_CORRUPT(img, "qcow2: Image is corrupt; cannot be opened read/write");
 
     if ((r = validate_table(img, h->reftable_offset, h->reftable_clusters, img->cluster_size,

@@ -141,6 +141,9 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend);
 int refcount_alloc_at(qk_image *img, uint64_t cluster);
 /* Allocate N contiguous clusters (refcount 1); *offset gets the first. */
 int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset);
+/* Entry I of a refcount block B (img->refcount_bits wide), read / written. */
+uint64_t refblock_get(const qk_image *img, const uint8_t *b, uint64_t i);
+void refblock_set(const qk_image *img, uint8_t *b, uint64_t i, uint64_t v);
 
 /* ---- cluster.c: guest -> host mapping ----------------------------------- */
 
@@ -287,6 +290,15 @@ int bitmap_store_all(qk_image *img);
 /* Resize every bitmap (refused while one is inconsistent). */
 int bitmap_resize_all(qk_image *img, uint64_t new_size);
 void bitmap_release(struct qk_bitmap *b);
+
+/* ---- check.c: consistency check and repair ------------------------------ */
+
+/* qemu-img check on IMG with QK_CHECK_FIX_* flags (qk_check() without the
+ * argument checks). */
+int check_image(qk_image *img, unsigned fix, struct qk_check_result *res);
+/* A read-write open found the dirty bit (lazy refcounts): repair refcounts
+ * and leaks as QEMU does (FIX_ERRORS|FIX_LEAKS), so that writes are safe. */
+int check_repair_dirty(qk_image *img);
 
 /* ---- backing.c --------------------------------------------------------- */
 

@@ -37,7 +37,7 @@ static uint64_t rc_max(const qk_image *img)
     return img->refcount_bits == 64 ? UINT64_MAX : (1ull << img->refcount_bits) - 1;
 }
 
-static uint64_t rb_get(const qk_image *img, const uint8_t *b, uint64_t i)
+uint64_t refblock_get(const qk_image *img, const uint8_t *b, uint64_t i)
 {
     switch (img->refcount_bits) {
     case 64: return be64_load(b + i * 8);
@@ -51,7 +51,7 @@ static uint64_t rb_get(const qk_image *img, const uint8_t *b, uint64_t i)
     }
 }
 
-static void rb_set(const qk_image *img, uint8_t *b, uint64_t i, uint64_t v)
+void refblock_set(const qk_image *img, uint8_t *b, uint64_t i, uint64_t v)
 {
     switch (img->refcount_bits) {
     case 64: be64_store(b + i * 8, v); break;
@@ -156,7 +156,7 @@ int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value)
     const uint8_t *b;
     if ((r = cache_get(img->rb_cache, boff, &b)) < 0)
         return qk_set_error(img, r, "Could not read refcount block: %s", qk_strerror(r));
-    *value = rb_get(img, b, cluster % img->refblock_entries);
+    *value = refblock_get(img, b, cluster % img->refblock_entries);
     return 0;
 }
 
@@ -237,7 +237,7 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
         if ((r = cache_get_empty(img->rb_cache, new_off, &b)) < 0)
             return qk_set_error(img, r, "Could not allocate a refcount block: %s", qk_strerror(r));
         if (ci == i)
-            rb_set(img, b, c % img->refblock_entries, 1);   /* it describes itself */
+            refblock_set(img, b, c % img->refblock_entries, 1);   /* it describes itself */
         if ((r = cache_flush(img->rb_cache)) < 0)
             return qk_set_error(img, r, "Could not write a refcount block: %s", qk_strerror(r));
         if ((r = image_write_be64_sync(img, img->hdr.reftable_offset + i * 8, new_off,
@@ -273,7 +273,7 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
         if ((r = cache_get_mut(img->rb_cache, boff, &b)) < 0)
             return qk_set_error(img, r, "Could not read refcount block: %s", qk_strerror(r));
         uint64_t idx = c % img->refblock_entries;
-        uint64_t v = rb_get(img, b, idx);
+        uint64_t v = refblock_get(img, b, idx);
         if (addend < 0 && v == 0)
             return QK_CORRUPT(img, "Refcount of cluster %#llx would drop below 0",
                               (unsigned long long)(c << img->cluster_bits));
@@ -281,7 +281,7 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
             return qk_set_error(img, QK_E_TOO_LARGE, "Refcount of cluster %#llx would overflow",
                                 (unsigned long long)(c << img->cluster_bits));
         v = addend > 0 ? v + 1 : v - 1;
-        rb_set(img, b, idx, v);
+        refblock_set(img, b, idx, v);
         if (v == 0 && c < img->free_cluster_index)
             img->free_cluster_index = c;
         if (v == 0 && c == (img->free_byte_offset >> img->cluster_bits))
@@ -396,7 +396,7 @@ static int grow_reftable(qk_image *img, uint64_t min_index)
         uint8_t *b;
         uint64_t i = c / img->refblock_entries, idx = c % img->refblock_entries;
         if ((r = cache_get_mut(img->rb_cache, table[i], &b)) == 0)
-            rb_set(img, b, idx, rb_get(img, b, idx) + 1);
+            refblock_set(img, b, idx, refblock_get(img, b, idx) + 1);
     }
     if (r < 0) {
         free(table);
