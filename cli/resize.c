@@ -23,13 +23,19 @@ int cmd_resize(int argc, char **argv)
 {
     enum { OPT_SHRINK = 256 };
     static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
         { "shrink", no_argument, NULL, OPT_SHRINK },
         { NULL, 0, NULL, 0 },
     };
     const char *fmt = NULL;
     int quiet = 0, shrink = 0, c;
 
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: qcowkit resize [--shrink] [-f FMT] [-q] FILENAME [+|-]SIZE\n\n"
+                   "Change the virtual size of FILENAME. Shrinking needs --shrink and drops\n"
+                   "the data past the new end; persistent bitmaps follow the new size.\n");
+            return 0;
+        }
     if (argc < 3) {
         cli_usage_error("Not enough arguments");
         return 1;
@@ -38,13 +44,8 @@ int cmd_resize(int argc, char **argv)
      * option (qemu-img does the same). */
     const char *size_arg = argv[--argc];
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":hf:q", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:q", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            printf("usage: qcowkit resize [--shrink] [-f FMT] [-q] FILENAME [+|-]SIZE\n\n"
-                   "Change the virtual size of FILENAME. Shrinking needs --shrink and drops\n"
-                   "the data past the new end; persistent bitmaps follow the new size.\n");
-            return 0;
         case 'f':
             fmt = optarg;
             break;
