@@ -18,37 +18,26 @@ setup() {
     cd "$BATS_TEST_TMPDIR"
 }
 
-# A deterministic stream of pseudo-random numbers (xorshift) per seed.
-rng_init() { RNG=$(( ($1 * 2654435761 + 12345) & 0x7fffffff )); [[ $RNG != 0 ]] || RNG=1; }
-rng() { # MAX -> R, a number in [0, MAX) (no subshell: this runs thousands of times)
-    RNG=$(( RNG ^ ((RNG << 13) & 0x7fffffff) )); RNG=$(( RNG ^ (RNG >> 17) ))
-    RNG=$(( RNG ^ ((RNG << 5) & 0x7fffffff) )); RNG=$(( RNG & 0x7fffffff ))
-    R=$(( RNG % $1 ))
-}
-
-# OPS: make N operations for an image of SIZE bytes with clusters of CS.
+# make_ops SEED N SIZE CS: N random operations for an image of SIZE bytes
+# with clusters of CS, one per line, deterministic per SEED. Made by awk in
+# one process: a bash loop under bats' per-command trap is far too slow.
 make_ops() {
-    local n=$1 size=$2 cs=$3 i k off len
-    OPS=()
-    for ((i = 0; i < n; i++)); do
-        rng 20; k=$R
-        rng $((size - 1)); off=$R
-        rng $((3 * cs)); len=$((R + 1))
-        rng 4
-        if (( R == 0 )); then off=$(( off / cs * cs )); rng 3; len=$(( (R + 1) * cs )); fi
-        (( off + len <= size )) || len=$(( size - off ))
-        if (( k < 12 )); then
-            rng 255
-            OPS+=("write -P $(( R + 1 )) $off $len")
-        else
-            off=$(( off / 512 * 512 )); len=$(( (len + 511) / 512 * 512 ))
-            (( off + len <= size )) || len=$(( size - off ))
-            if (( k < 15 )); then OPS+=("write -z $off $len")
-            elif (( k < 17 )); then OPS+=("write -z -u $off $len")
-            elif (( k < 19 )); then OPS+=("discard $off $len")
-            else OPS+=("flush"); fi
-        fi
-    done
+    awk -v seed="$1" -v n="$2" -v size="$3" -v cs="$4" 'BEGIN {
+        srand(seed)
+        for (i = 0; i < n; i++) {
+            k = int(rand() * 20)
+            off = int(rand() * (size - 1)); len = int(rand() * 3 * cs) + 1
+            if (int(rand() * 4) == 0) { off = int(off / cs) * cs; len = (int(rand() * 3) + 1) * cs }
+            if (off + len > size) len = size - off
+            if (k < 12) { printf "write -P %d %d %d\n", int(rand() * 255) + 1, off, len; continue }
+            off = int(off / 512) * 512; len = int((len + 511) / 512) * 512
+            if (off + len > size) len = size - off
+            if (k < 15) printf "write -z %d %d\n", off, len
+            else if (k < 17) printf "write -z -u %d %d\n", off, len
+            else if (k < 19) printf "discard %d %d\n", off, len
+            else print "flush"
+        }
+    }'
 }
 
 # differential SEEDS OPTS [BACKING]: for each seed, twins made by qemu-img
@@ -58,8 +47,7 @@ differential() {
     cs=$(sed -n 's/.*cluster_size=\([0-9a-zA-Z]*\).*/\1/p' <<<"$opts")
     case "$cs" in 512) cs=512;; 2M) cs=2097152;; *) cs=65536;; esac
     for ((seed = 1; seed <= seeds; seed++)); do
-        rng_init "$seed$RANDOM_SALT"
-        make_ops 200 $size $cs
+        mapfile -t OPS < <(make_ops "$seed" 200 $size $cs)
         rm -f a.qcow2 b.qcow2
         for f in a.qcow2 b.qcow2; do
             qemu-img create -q -f qcow2 -o "$opts" ${backing:+-b "$backing" -F qcow2} $f $size
@@ -75,7 +63,6 @@ differential() {
     return $bad
 }
 
-RANDOM_SALT=0
 # 20 seeds per configuration; the sanitizer run (slower) repeats 5 of them.
 SEEDS=20
 [[ -z "${QK_SANITIZED:-}" ]] || SEEDS=5
