@@ -390,32 +390,46 @@ out:
     return rc;
 }
 
-/* A new sparse raw file of the virtual size, made by the library so that it
- * takes QEMU's locks first (converting a file onto itself, or onto an image
- * a VM uses, fails like qemu-img's "Failed to get "write" lock"); a handle
- * keeps the locks while the workers write through a plain descriptor. */
-static int create_raw(conv *c)
+/* Create DST in FORMAT (QEMU's defaults, the source's size) through the
+ * library, so that it takes QEMU's locks first (converting a file onto
+ * itself, or onto an image a VM uses, fails like qemu-img's "Failed to get
+ * "write" lock"), then open it for writing without flushes (qemu-img
+ * convert's default cache mode is unsafe) into *OUT. */
+static int create_target(conv *c, enum qk_format format, qk_image **out)
 {
     qk_create_opts o = QK_CREATE_OPTS_INIT;
     qk_image *tmp = NULL;
     int rc;
+    unsigned fmt_flag = format == QK_FMT_RAW ? QK_OPEN_FMT_RAW : QK_OPEN_FMT_QCOW2;
 
-    o.format = QK_FMT_RAW;
+    o.format = format;
     o.size = c->size;
     if ((rc = qk_image_new(&tmp)) == 0)
         rc = qk_create(tmp, c->dst, &o);
     if (rc < 0) {
-        cli_error("%s: error while converting raw: %s", c->dst, cli_errstr(tmp, rc));
+        cli_error("%s: error while converting %s: %s", c->dst, format == QK_FMT_RAW ? "raw" : "qcow2",
+                  cli_errstr(tmp, rc));
         qk_close(tmp);
         return -1;
     }
     qk_close(tmp);
-    if ((rc = qk_image_new(&c->hold)) == 0)
-        rc = qk_open(c->hold, c->dst, QK_OPEN_RDWR | QK_OPEN_UNSAFE | QK_OPEN_FMT_RAW);
+    if ((rc = qk_image_new(out)) == 0)
+        rc = qk_open(*out, c->dst, QK_OPEN_RDWR | QK_OPEN_UNSAFE | fmt_flag);
     if (rc < 0) {
-        cli_error("Could not open '%s': %s", c->dst, cli_errstr(c->hold, rc));
+        cli_error("Could not open '%s': %s", c->dst, cli_errstr(*out, rc));
+        qk_close(*out);
+        *out = NULL;
         return -1;
     }
+    return 0;
+}
+
+/* A raw DST, sparse, of the virtual size: a handle keeps the locks while
+ * the workers write through a plain descriptor. */
+static int create_raw(conv *c)
+{
+    if (create_target(c, QK_FMT_RAW, &c->hold) < 0)
+        return -1;
     c->fd = open(c->dst, O_WRONLY | O_CLOEXEC);
     if (c->fd < 0) {
         cli_error("Could not open '%s': %s", c->dst, strerror(errno));
@@ -424,38 +438,15 @@ static int create_raw(conv *c)
     return 0;
 }
 
-/* A new qcow2 image with qemu-img's default options, opened for writing
- * without flushes (qemu-img convert's default cache mode is unsafe). */
 static int create_qcow2(conv *c)
 {
-    qk_create_opts o = QK_CREATE_OPTS_INIT;
-    qk_image *tmp = NULL;
-    int rc;
-
-    o.size = c->size;
-    if ((rc = qk_image_new(&tmp)) == 0)
-        rc = qk_create(tmp, c->dst, &o);
-    if (rc < 0) {
-        cli_error("%s: error while converting qcow2: %s", c->dst, cli_errstr(tmp, rc));
-        qk_close(tmp);
+    if (create_target(c, QK_FMT_QCOW2, &c->out) < 0)
         return -1;
-    }
-    qk_close(tmp);
-    if ((rc = qk_image_new(&c->out)) == 0)
-        rc = qk_open(c->out, c->dst, QK_OPEN_RDWR | QK_OPEN_UNSAFE | QK_OPEN_FMT_QCOW2);
-    if (rc < 0) {
-        cli_error("Could not open '%s': %s", c->dst, cli_errstr(c->out, rc));
-        qk_close(c->out);
-        c->out = NULL;
-        return -1;
-    }
     c->align = qk_cluster_size(c->out);
     c->ctype = qk_compression_type(c->out);
     return 0;
 }
 
-/* --bitmaps: QEMU refuses the conversion before it starts when a source
- * bitmap is inconsistent, unless --skip-broken-bitmaps. */
 static int check_bitmaps(conv *c, int skip_broken)
 {
     qk_bitmap_info *l;

@@ -186,6 +186,25 @@ static int parse_off_len(char **ops, int64_t *offset, int64_t *count)
     return io_cvtnum(ops[1], count);
 }
 
+/* The OFFSET LENGTH operands after the options of a read or write command,
+ * with qemu-io's usage message and request-size limit. */
+static int request_args(const struct io_cmd *self, int argc, char **argv, int64_t *offset,
+                        int64_t *count)
+{
+    int rc;
+    if (optind != argc - 2) {
+        usage_of(self);
+        return -EINVAL;
+    }
+    if ((rc = parse_off_len(argv + optind, offset, count)) < 0)
+        return rc;
+    if (*count > IO_MAX_REQUEST) {
+        printf("length cannot exceed %lld, given %s\n", (long long)IO_MAX_REQUEST, argv[optind + 1]);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* The block layer's request check (blk_check_byte_request): -EIO past the end. */
 static int check_range(io_ctx *ctx, int64_t offset, int64_t count)
 {
@@ -263,16 +282,8 @@ static int read_f(io_ctx *ctx, int argc, char **argv)
             return -EINVAL;
         }
     }
-    if (optind != argc - 2) {
-        usage_of(self);
-        return -EINVAL;
-    }
-    if ((rc = parse_off_len(argv + optind, &offset, &count)) < 0)
+    if ((rc = request_args(self, argc, argv, &offset, &count)) < 0)
         return rc;
-    if (count > IO_MAX_REQUEST) {
-        printf("length cannot exceed %lld, given %s\n", (long long)IO_MAX_REQUEST, argv[optind + 1]);
-        return -EINVAL;
-    }
     if (!pflag && (lflag || sflag)) {
         usage_of(self);
         return -EINVAL;
@@ -535,16 +546,8 @@ static int discard_f(io_ctx *ctx, int argc, char **argv)
             return -EINVAL;
         }
     }
-    if (optind != argc - 2) {
-        usage_of(self);
-        return -EINVAL;
-    }
-    if ((rc = parse_off_len(argv + optind, &offset, &count)) < 0)
+    if ((rc = request_args(self, argc, argv, &offset, &count)) < 0)
         return rc;
-    if (count > IO_MAX_REQUEST) {
-        printf("length cannot exceed %lld, given %s\n", (long long)IO_MAX_REQUEST, argv[optind + 1]);
-        return -EINVAL;
-    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     rc = check_range(ctx, offset, count);
     if (rc == 0 && count)
