@@ -157,6 +157,23 @@ chk_convert_raw() {
     ((n >= 5 && bad == 0))
 }
 
+@test "map --output=json with --start-offset/--max-length windows equals qemu-img's" {
+    local w img so ml n=0 bad=0
+    cd "$CORPUS"
+    for w in "chain/top.qcow2 1M 2M" "chain/top.qcow2 4095 1" "extl2.qcow2 1000 5000" "extl2.qcow2 0 300000" \
+        "huge.qcow2 1T 1T" "huge.qcow2 4398046445568 65536" "zlib.qcow2 100000 1000000" \
+        "odd.qcow2 983040 100000" "v3-c512.qcow2 511 1025" "chain/extl2-top.qcow2 900 70000"; do
+        read -r img so ml <<<"$w"
+        n=$((n + 1))
+        if ! { run_both map map --output=json --start-offset="$so" --max-length="$ml" "$img" && same_json map; }; then
+            echo "--- FAIL map --start-offset=$so --max-length=$ml $img"
+            bad=$((bad + 1))
+        fi
+    done
+    echo "== $n windows, $bad failed"
+    ((bad == 0))
+}
+
 @test "convert -O raw is byte-identical to qemu-img's on every image (but the 4 TiB one)" {
     for_each_image chk_convert_raw huge
 }
