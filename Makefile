@@ -59,24 +59,28 @@ all: $(STATIC) $(SHARED) $(CLI)
 
 $(B)/src/%.o: src/%.c $(wildcard src/*.h) include/qcowkit.h
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBCFLAGS) -c -o $@ $<
+	@echo "  CC      $<"
+	@$(CC) $(LIBCFLAGS) -c -o $@ $<
 
 $(B)/cli/%.o: cli/%.c $(wildcard cli/*.h) include/qcowkit.h
 	@mkdir -p $(dir $@)
-	$(CC) $(BASECFLAGS) -c -o $@ $<
+	@echo "  CC      $<"
+	@$(CC) $(BASECFLAGS) -c -o $@ $<
 
 $(STATIC): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJ) src/libqcowkit.map
-	$(CC) -shared -Wl,-soname,libqcowkit.so.$(SOMAJOR) -Wl,--version-script=src/libqcowkit.map \
+	@echo "  LD      $@"
+	@$(CC) -shared -Wl,-soname,libqcowkit.so.$(SOMAJOR) -Wl,--version-script=src/libqcowkit.map \
 	    $(LDFLAGS_ALL) -o $@ $(LIB_OBJ) $(LIBS)
 	ln -sf libqcowkit.so.$(VERSION) $(B)/libqcowkit.so.$(SOMAJOR)
 	ln -sf libqcowkit.so.$(SOMAJOR) $(B)/libqcowkit.so
 
 $(CLI): $(CLI_OBJ) $(STATIC)
-	$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS) -lm
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS_ALL) -o $@ $(CLI_OBJ) $(STATIC) $(LIBS) -lm
 
 # Made at install time, so that it names the PREFIX installed to.
 $(B)/qcowkit.pc: qcowkit.pc.in FORCE
@@ -90,12 +94,22 @@ FORCE:
 UNIT_HELPERS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
 $(B)/tests/%: tests/unit/%.c $(UNIT_HELPERS) $(LIB_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka
+	@echo "  LD      $@"
+	@$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka
+
+# Fuzz regressions: each target replays the inputs that once broke it.
+REPLAY_BIN := $(patsubst tests/fuzz/%.c,$(B)/tests/replay-%,$(wildcard tests/fuzz/fuzz_*.c))
+$(B)/tests/replay-%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	@$(CC) $(BASECFLAGS) -Wno-missing-prototypes $(CODEC_CFLAGS) -Isrc -o $@ $< tests/fuzz/replay.c $(LIB_OBJ) $(LIBS)
+RUN_REPLAYS = for t in $(REPLAY_BIN); do n=$$(basename $$t | sed 's/^replay-//'); \
+	    ls tests/fuzz/regress/$$n/*.hex >/dev/null 2>&1 || continue; $$t tests/fuzz/regress/$$n/*.hex || fail=1; done
 
 # Every unit binary runs; the target fails at the end if any failed.
-RUN_UNITS = fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; exit $$fail
+RUN_UNITS = fail=0; for t in $(UNIT_BIN); do echo "== $$t"; $$t || fail=1; done; $(RUN_REPLAYS); exit $$fail
 
-unit: $(UNIT_BIN)
+unit: $(UNIT_BIN) $(REPLAY_BIN)
 	@$(RUN_UNITS)
 
 peers:
@@ -107,7 +121,7 @@ peers:
 check: peers
 	@$(MAKE) --no-print-directory check-run
 
-check-run: all $(UNIT_BIN)
+check-run: all $(UNIT_BIN) $(REPLAY_BIN)
 	@unit_rc=0; ($(RUN_UNITS)) || unit_rc=1; \
 	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop || unit_rc=1; \
 	exit $$unit_rc
@@ -117,6 +131,26 @@ demo: all
 
 bench: all
 	@QCOWKIT=$(abspath $(CLI)) bash bench/run.sh
+
+# libFuzzer targets (clang, ASan, UBSan), built from the library sources.
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
+SECONDS ?= 60
+build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard src/*.h) include/qcowkit.h
+	@mkdir -p build-fuzz
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	    $(CODEC_CFLAGS) -Iinclude -Isrc -o $@ $< $(LIB_SRC) $(LIBS)
+
+fuzz: $(FUZZ_BIN)
+
+# Runs every target for SECONDS on seeds made by tests/fuzz/make-seeds.sh
+# plus what earlier runs found (build-fuzz/corpus-*).
+fuzz-run: fuzz
+	@bash tests/fuzz/make-seeds.sh build-fuzz/seeds >/dev/null
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
+	    echo "== $$n for $(SECONDS) s"; \
+	    $$f -max_total_time=$(SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	        build-fuzz/corpus-$$n build-fuzz/seeds 2>&1 | grep -E 'stat::|ERROR|SUMMARY|Done' ; done
 
 install: all $(B)/qcowkit.pc
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
@@ -132,7 +166,7 @@ install: all $(B)/qcowkit.pc
 	install -m 644 docs/qcowkit.3 $(DESTDIR)$(PREFIX)/share/man/man3/
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 
-.PHONY: FORCE all unit peers check check-run demo bench install clean
+.PHONY: FORCE all unit peers check check-run demo bench fuzz fuzz-run install clean

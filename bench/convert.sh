@@ -2,7 +2,9 @@
 # bench/convert.sh - time `qcowkit convert -O raw` against `qemu-img convert -O raw`
 # on two 1 GiB qcow2 images made here at run time: one half allocated (1 MiB of
 # data every 2 MiB), one with the same data zlib-compressed. Each time is the
-# best of 3 runs (warm page cache); the ratio is qcowkit/qemu-img (< 1 = faster).
+# best of 3 runs (warm page cache, runs of the two tools alternating); the
+# ratio is qcowkit/qemu-img (< 1 = faster). The CPU time (user + system, best
+# of 3) is printed too: it is less sensitive to other load on the machine.
 # The outputs are checked to be identical. Everything lives in a temp dir that
 # is removed at exit.
 #
@@ -38,28 +40,30 @@ qemu-img convert -O qcow2 "$tmp/src.raw" "$tmp/half.qcow2"
 qemu-img convert -c -W -m 16 -O qcow2 "$tmp/src.raw" "$tmp/zlib.qcow2"
 rm -f "$tmp/src.raw"
 
-# best_of CMD...: the smallest wall time of $RUNS runs, in seconds.
-best_of() {
-    local best="" t0 t1 ms
-    for ((r = 0; r < RUNS; r++)); do
-        rm -f "$tmp/out.raw"
-        t0=$(date +%s%N)
-        "$@" >/dev/null
-        t1=$(date +%s%N)
-        ms=$(((t1 - t0) / 1000000))
-        if [[ -z $best || $ms -lt $best ]]; then best=$ms; fi
-    done
-    echo "$best"
+# run_timed CMD...: run CMD once; prints "WALL_MS CPU_MS" (CPU = user + system).
+run_timed() {
+    local TIMEFORMAT='%3R %3U %3S' r u s
+    rm -f "$tmp/out.raw"
+    { time "$@" >/dev/null 2>"$tmp/err"; } 2>"$tmp/time" || { cat "$tmp/err" >&2; return 1; }
+    read -r r u s <"$tmp/time"
+    awk -v r="$r" -v u="$u" -v s="$s" 'BEGIN { printf "%d %d\n", r * 1000, (u + s) * 1000 }'
 }
+
+min() { if [[ -z $1 || $2 -lt $1 ]]; then echo "$2"; else echo "$1"; fi; }
 
 fail=0
 for img in half zlib; do
     src="$tmp/$img.qcow2"
-    # Warm the page cache so both tools start equal.
-    cat "$src" >/dev/null
-    q=$(best_of qemu-img convert -O raw "$src" "$tmp/out.raw")
-    mv "$tmp/out.raw" "$tmp/ref.raw"
-    k=$(best_of "$QCOWKIT" convert -O raw "$src" "$tmp/out.raw")
+    cat "$src" >/dev/null # warm the page cache so both tools start equal
+    # Runs alternate between the tools so that both meet the same machine load.
+    q="" qc="" k="" kc=""
+    for ((r = 0; r < RUNS; r++)); do
+        read -r w c < <(run_timed qemu-img convert -O raw "$src" "$tmp/out.raw")
+        q=$(min "$q" "$w"); qc=$(min "$qc" "$c")
+        mv "$tmp/out.raw" "$tmp/ref.raw"
+        read -r w c < <(run_timed "$QCOWKIT" convert -O raw "$src" "$tmp/out.raw")
+        k=$(min "$k" "$w"); kc=$(min "$kc" "$c")
+    done
     if ! cmp -s "$tmp/ref.raw" "$tmp/out.raw"; then
         echo "bench/convert.sh: $img: qcowkit output differs from qemu-img's" >&2
         fail=1
@@ -69,8 +73,12 @@ for img in half zlib; do
     half) label="${SIZE_MB} MiB qcow2, half allocated" ;;
     zlib) label="${SIZE_MB} MiB qcow2, zlib-compressed" ;;
     esac
-    awk -v l="$label" -v k="$k" -v q="$q" 'BEGIN {
-        printf "convert -O raw, %-32s qcowkit %6.3f s  qemu-img %6.3f s  ratio %.2f\n",
-               l ":", k / 1000, q / 1000, (q > 0 ? k / q : 0) }'
+    awk -v l="$label" -v k="$k" -v q="$q" -v kc="$kc" -v qc="$qc" 'BEGIN {
+        printf "convert -O raw, %-32s qcowkit %6.3f s  qemu-img %6.3f s  ratio %.2f   (CPU time: qcowkit %.3f s, qemu-img %.3f s)\n",
+               l ":", k / 1000, q / 1000, (q > 0 ? k / q : 0), kc / 1000, qc / 1000 }'
 done
+# Other work on the machine skews these times; say how busy it was.
+if [[ -r /proc/pressure/cpu ]]; then
+    echo "(CPU pressure during the run: $(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu)% of the time some task waited for a CPU)"
+fi
 exit $fail

@@ -31,8 +31,12 @@
 #define CMP_BUF_SIZE (2u << 20) /* qemu-img's IO_BUF_SIZE */
 #define SECTOR 512u
 
+/* Our flag for an extent that reaches the end of the image (QEMU's
+ * BDRV_BLOCK_EOF), outside the QK_BS_* bits. */
+#define CMP_EOF 0x10000u
+
 /* The status bits that qemu-img compare -s compares. */
-#define STRICT_MASK (QK_BS_PRESENT | QK_BS_ZERO | QK_BS_DATA | QK_BS_OFFSET_VALID)
+#define STRICT_MASK (QK_BS_PRESENT | QK_BS_ZERO | QK_BS_DATA | QK_BS_OFFSET_VALID | CMP_EOF)
 
 typedef struct cmp_side {
     qk_image *img;
@@ -85,6 +89,8 @@ static int status_of(cmp_side *sd, uint64_t off, uint64_t len, unsigned *flags, 
     if (!(e.flags & QK_BS_PRESENT))
         *flags |= QK_BS_ZERO; /* unallocated in the whole chain reads as zeros */
     *plen = e.length < len ? e.length : len;
+    if (off + *plen == sd->size)
+        *flags |= CMP_EOF;
     return 0;
 }
 
@@ -93,7 +99,8 @@ static int read_side(cmp_side *sd, void *buf, uint64_t off, uint64_t len)
     int rc = qk_pread(sd->img, buf, len, off);
     if (rc < 0) {
         cli_error("Error while reading offset %llu of %s: %s", (unsigned long long)off, sd->name,
-                  rc > -1000 ? strerror(-rc) : cli_errstr(sd->img, rc));
+                  cli_io_strerror(rc));
+        cli_io_detail(sd->img, rc);
         return 4;
     }
     return 0;

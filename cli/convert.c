@@ -1,7 +1,8 @@
 /*
- * convert.c - `qcowkit convert [-f FMT] [-O raw] [-p] [-q] [-U] [-m N] SRC DST`:
- * copy the guest contents of SRC into a new sparse raw file DST, with the
- * output, messages and exit codes of `qemu-img convert -O raw` (7.2).
+ * convert.c - `qcowkit convert [-f FMT] [-O raw|qcow2] [-c] [-p] [-q] [-U] [-m N]
+ * SRC DST`: copy the guest contents of SRC into a new sparse raw file or a
+ * new qcow2 image DST (default options, optionally compressed), with the
+ * output, messages and exit codes of `qemu-img convert` (7.2).
  *
  * How it goes fast:
  *  - Block status splits the disk into data and zero ranges; zero ranges
@@ -13,7 +14,11 @@
  *    qk_image handle on SRC (a handle is single-threaded); this spreads
  *    decompression over the cores. One more handle, used under the lock,
  *    hands out the chunks from block status.
- *  - DST is truncated to the virtual size first, so skipped ranges are holes.
+ *  - A raw DST is truncated to the virtual size first, so skipped ranges are
+ *    holes; a new qcow2 DST reads as zeros where nothing is written.
+ *  - A qcow2 DST is one handle, opened without flushes (qemu-img's default
+ *    cache=unsafe for the target), written under its own lock; with -c the
+ *    workers compress clusters (qk_compress) before taking that lock.
  *
  * Invariants:
  *  1. Chunks start on extent boundaries and end on extent boundaries or
@@ -22,6 +27,8 @@
  *  2. After the first error no new chunk is handed out; the first error's
  *     message is the one printed, and the exit status is 1.
  *  3. Like qemu-img (cache=unsafe for the target), DST is not fsync'ed.
+ *  4. With a qcow2 DST, chunks are also aligned to DST's clusters and never
+ *     share one, so a cluster is compressed and written once.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,7 +50,12 @@
 typedef struct conv {
     const char *src, *dst, *fmt;
     unsigned open_flags;
-    int fd;
+    int fd;                   /* raw DST */
+    qk_image *out;            /* qcow2 DST, used under out_lock only */
+    pthread_mutex_t out_lock;
+    int compress;             /* -c: compressed clusters */
+    uint64_t align;           /* chunk alignment: 1, or DST's cluster size */
+    int ctype;                /* DST's compression type */
     uint64_t size;
     qk_image *scan;           /* block status, used under lock only */
     pthread_mutex_t lock;
@@ -57,6 +69,7 @@ typedef struct worker {
     conv *c;
     qk_image *img;
     unsigned char *buf;
+    unsigned char *zbuf;      /* -c: one cluster of compressed output */
     pthread_t tid;
 } worker;
 
@@ -70,6 +83,19 @@ static void fail_locked(conv *c, const char *what, uint64_t off, const char *why
 {
     if (!c->failed)
         cli_error("error while %s at byte %llu: %s", what, (unsigned long long)off, why);
+    c->failed = 1;
+}
+
+/* Block status failed at OFF (qemu-img's words count 512-byte sectors). */
+static void fail_status_locked(conv *c, uint64_t off, int rc)
+{
+    if (rc >= 0)
+        rc = -EIO; /* an empty extent */
+    if (!c->failed) {
+        cli_error("error while reading block status of sector %llu: %s", (unsigned long long)(off / 512),
+                  cli_io_strerror(rc));
+        cli_io_detail(c->scan, rc);
+    }
     c->failed = 1;
 }
 
@@ -89,13 +115,13 @@ static int take_chunk(conv *c, uint64_t *start, uint64_t *len)
 {
     qk_extent e;
     uint64_t pos, limit;
-    int got = 0;
+    int got = 0, rc = 0;
 
     pthread_mutex_lock(&c->lock);
     pos = c->cursor;
     while (!c->failed && pos < c->size) {
-        if (qk_block_status(c->scan, pos, c->size - pos, &e) < 0 || e.length == 0) {
-            fail_locked(c, "reading block status", pos, cli_errstr(c->scan, -EIO));
+        if ((rc = qk_block_status(c->scan, pos, c->size - pos, &e)) < 0 || e.length == 0) {
+            fail_status_locked(c, pos, rc);
             break;
         }
         if (!reads_zero(&e))
@@ -107,13 +133,21 @@ static int take_chunk(conv *c, uint64_t *start, uint64_t *len)
         limit = c->size - pos > CONV_CHUNK ? pos + CONV_CHUNK : c->size;
         pos = e.length < limit - pos ? pos + e.length : limit;
         while (pos < limit) {
-            if (qk_block_status(c->scan, pos, limit - pos, &e) < 0 || e.length == 0) {
-                fail_locked(c, "reading block status", pos, cli_errstr(c->scan, -EIO));
+            if ((rc = qk_block_status(c->scan, pos, limit - pos, &e)) < 0 || e.length == 0) {
+                fail_status_locked(c, pos, rc);
                 break;
             }
             if (reads_zero(&e))
                 break;
             pos += e.length < limit - pos ? e.length : limit - pos;
+        }
+        if (c->align > 1) {
+            /* Whole DST clusters; the cursor is aligned, so chunks never share one. */
+            *start -= *start % c->align;
+            if (*start < c->cursor)
+                *start = c->cursor;
+            if (pos % c->align)
+                pos = c->size - pos > c->align - pos % c->align ? pos + c->align - pos % c->align : c->size;
         }
         *len = pos - *start;
         got = !c->failed;
@@ -139,8 +173,70 @@ static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off)
     return 0;
 }
 
+/* Write one run of data to DST. */
+static int emit(conv *c, worker *w, const unsigned char *p, uint64_t n, uint64_t off)
+{
+    int rc;
+
+    (void)w;
+    if (!c->out) {
+        rc = write_all(c->fd, p, (size_t)n, off);
+        if (rc < 0)
+            fail(c, "writing", off, strerror(-rc));
+        return rc;
+    }
+    pthread_mutex_lock(&c->out_lock);
+    rc = qk_pwrite(c->out, p, n, off);
+    if (rc < 0) {
+        pthread_mutex_lock(&c->lock);
+        if (!c->failed) {
+            fail_locked(c, "writing", off, cli_io_strerror(rc));
+            cli_io_detail(c->out, rc);
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&c->out_lock);
+    return rc;
+}
+
+/* -c: store each non-zero DST cluster of BUF compressed (plain if it does
+ * not shrink below a cluster, as QEMU does). */
+static int emit_compressed(conv *c, worker *w, unsigned char *buf, uint64_t off, uint64_t len)
+{
+    uint64_t cs = c->align;
+
+    for (uint64_t i = 0; i < len; i += cs) {
+        uint64_t n = len - i < cs ? len - i : cs;
+        size_t zlen = (size_t)cs - 1;
+        int rc;
+
+        if (cli_is_zero(buf + i, n))
+            continue;
+        if (n < cs) /* the last cluster of the disk: compress it padded with zeros */
+            memset(buf + i + n, 0, (size_t)(cs - n));
+        rc = qk_compress(c->ctype, buf + i, (size_t)cs, w->zbuf, &zlen);
+        pthread_mutex_lock(&c->out_lock);
+        if (rc == -ENOSPC)
+            rc = qk_pwrite(c->out, buf + i, n, off + i);
+        else if (rc == 0)
+            rc = qk_pwrite_compressed_data(c->out, w->zbuf, zlen, off + i);
+        if (rc < 0) {
+            pthread_mutex_lock(&c->lock);
+            if (!c->failed) {
+                fail_locked(c, "writing", off + i, cli_io_strerror(rc));
+                cli_io_detail(c->out, rc);
+            }
+            pthread_mutex_unlock(&c->lock);
+        }
+        pthread_mutex_unlock(&c->out_lock);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
 /* Write the non-zero CONV_SPARSE blocks of BUF (guest range [off, off+len)). */
-static int write_nonzero(conv *c, const unsigned char *buf, uint64_t off, uint64_t len)
+static int write_nonzero(conv *c, worker *w, const unsigned char *buf, uint64_t off, uint64_t len)
 {
     uint64_t i = 0;
 
@@ -160,11 +256,9 @@ static int write_nonzero(conv *c, const unsigned char *buf, uint64_t off, uint64
                 break;
             run += b;
         }
-        int rc = write_all(c->fd, buf + i, run - i, off + i);
-        if (rc < 0) {
-            fail(c, "writing", off + i, strerror(-rc));
+        int rc = emit(c, w, buf + i, run - i, off + i);
+        if (rc < 0)
             return rc;
-        }
         i = run;
     }
     return 0;
@@ -179,10 +273,16 @@ static void *worker_main(void *arg)
     while (take_chunk(c, &start, &len)) {
         int rc = qk_pread(w->img, w->buf, len, start);
         if (rc < 0) {
-            fail(c, "reading", start, rc > -1000 ? strerror(-rc) : cli_errstr(w->img, rc));
+            pthread_mutex_lock(&c->lock);
+            if (!c->failed) {
+                fail_locked(c, "reading", start, cli_io_strerror(rc));
+                cli_io_detail(w->img, rc);
+            }
+            pthread_mutex_unlock(&c->lock);
             break;
         }
-        if (write_nonzero(c, w->buf, start, len) < 0)
+        if (c->compress ? emit_compressed(c, w, w->buf, start, len) < 0
+                        : write_nonzero(c, w, w->buf, start, len) < 0)
             break;
         if (c->progress.enabled) {
             pthread_mutex_lock(&c->lock);
@@ -198,10 +298,13 @@ static void *worker_main(void *arg)
 static int count_data(conv *c)
 {
     qk_extent e;
+    int rc;
 
     for (uint64_t pos = 0; pos < c->size; pos += e.length) {
-        if (qk_block_status(c->scan, pos, c->size - pos, &e) < 0 || e.length == 0) {
-            fail(c, "reading block status", pos, cli_errstr(c->scan, -EIO));
+        if ((rc = qk_block_status(c->scan, pos, c->size - pos, &e)) < 0 || e.length == 0) {
+            pthread_mutex_lock(&c->lock);
+            fail_status_locked(c, pos, rc);
+            pthread_mutex_unlock(&c->lock);
             return -1;
         }
         if (!reads_zero(&e))
@@ -235,6 +338,14 @@ static int default_threads(void)
     return n < 1 ? 1 : n > 4 ? 4 : (int)n;
 }
 
+/* A chunk grows by less than a DST cluster at each end when aligned, and -c
+ * pads the disk's last cluster: room for CONV_CHUNK + 3 clusters. */
+static size_t chunk_buf_size(const conv *c)
+{
+    uint64_t n = CONV_CHUNK + 3 * c->align;
+    return (size_t)((n + 4095) / 4096 * 4096);
+}
+
 static int run_copy(conv *c, int nthreads)
 {
     worker w[CONV_MAX_THREADS];
@@ -248,8 +359,13 @@ static int run_copy(conv *c, int nthreads)
         nthreads = (int)(c->size / CONV_CHUNK + 1);
     for (int i = 0; i < nthreads; i++) {
         w[i].c = c;
-        if (open_quiet(&w[i].img, c) < 0 ||
-            !(w[i].buf = aligned_alloc(4096, CONV_CHUNK))) {
+        int ok = open_quiet(&w[i].img, c) == 0;
+        if (ok && (!(w[i].buf = aligned_alloc(4096, chunk_buf_size(c))) ||
+                   (c->compress && !(w[i].zbuf = malloc(c->align))))) {
+            cli_error("%s", strerror(ENOMEM));
+            ok = 0;
+        }
+        if (!ok) {
             rc = -1;
             nthreads = i + 1;
             goto out;
@@ -267,17 +383,64 @@ static int run_copy(conv *c, int nthreads)
 out:
     for (int i = 0; i < nthreads; i++) {
         free(w[i].buf);
+        free(w[i].zbuf);
         qk_close(w[i].img);
     }
     return rc;
 }
 
+/* A new sparse raw file of the virtual size. */
+static int create_raw(conv *c)
+{
+    c->fd = open(c->dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (c->fd < 0) {
+        cli_error("%s: error while converting raw: Could not create '%s': %s", c->dst, c->dst, strerror(errno));
+        return -1;
+    }
+    if (ftruncate(c->fd, (off_t)c->size) < 0) {
+        cli_error("%s: error while converting raw: Could not resize file: %s", c->dst, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* A new qcow2 image with qemu-img's default options, opened for writing
+ * without flushes (qemu-img convert's default cache mode is unsafe). */
+static int create_qcow2(conv *c)
+{
+    qk_create_opts o = QK_CREATE_OPTS_INIT;
+    qk_image *tmp = NULL;
+    int rc;
+
+    o.size = c->size;
+    if ((rc = qk_image_new(&tmp)) == 0)
+        rc = qk_create(tmp, c->dst, &o);
+    if (rc < 0) {
+        cli_error("%s: error while converting qcow2: %s", c->dst, cli_errstr(tmp, rc));
+        qk_close(tmp);
+        return -1;
+    }
+    qk_close(tmp);
+    if ((rc = qk_image_new(&c->out)) == 0)
+        rc = qk_open(c->out, c->dst, QK_OPEN_RDWR | QK_OPEN_UNSAFE | QK_OPEN_FMT_QCOW2);
+    if (rc < 0) {
+        cli_error("Could not open '%s': %s", c->dst, cli_errstr(c->out, rc));
+        qk_close(c->out);
+        c->out = NULL;
+        return -1;
+    }
+    c->align = qk_cluster_size(c->out);
+    c->ctype = qk_compression_type(c->out);
+    return 0;
+}
+
 static void convert_usage(FILE *f)
 {
-    fprintf(f, "usage: qcowkit convert [-f FMT] [-O raw] [-p] [-q] [-U] [-m N] SRC DST\n"
-               "Copy the guest contents of SRC into a new sparse raw file DST.\n\n"
+    fprintf(f, "usage: qcowkit convert [-f FMT] [-O raw|qcow2] [-c] [-p] [-q] [-U] [-m N] SRC DST\n"
+               "Copy the guest contents of SRC into a new sparse raw file or qcow2 image DST.\n\n"
                "  -f FMT   format of SRC: qcow2 or raw (default: probe)\n"
-               "  -O FMT   output format: raw (the default; qcow2 is not supported yet)\n"
+               "  -O FMT   output format: raw (the default) or qcow2 (default create options)\n"
+               "  -c       (qcow2) compress the clusters, with the image's compression type\n"
                "  -p       show progress\n"
                "  -q       quiet\n"
                "  -U       force share: read an image that others are writing\n"
@@ -299,6 +462,7 @@ int cmd_convert(int argc, char **argv)
 
     memset(&c, 0, sizeof c);
     c.fd = -1;
+    c.align = 1;
     while ((opt = getopt_long(argc, argv, ":hf:O:pqUm:Wt:T:B:Cco:l:S:nr:", longopts, NULL)) != -1) {
         switch (opt) {
         case 'h': convert_usage(stdout); return 0;
@@ -308,6 +472,7 @@ int cmd_convert(int argc, char **argv)
         case 'q': quiet = 1; break;
         case 'U': c.open_flags |= QK_OPEN_FORCE_SHARE; break;
         case 'W': break;
+        case 'c': c.compress = 1; break;
         case 't': case 'T': break; /* cache modes: no effect here */
         case 'm': {
             char *end;
@@ -338,11 +503,7 @@ int cmd_convert(int argc, char **argv)
     }
     c.src = argv[optind];
     c.dst = argv[optind + 1];
-    if (!strcmp(out_fmt, "qcow2")) {
-        cli_error("convert: output format 'qcow2' is not supported yet (only raw)");
-        return 1;
-    }
-    if (strcmp(out_fmt, "raw") != 0) {
+    if (strcmp(out_fmt, "raw") != 0 && strcmp(out_fmt, "qcow2") != 0) {
         cli_error("Unknown file format '%s'", out_fmt);
         return 1;
     }
@@ -354,14 +515,15 @@ int cmd_convert(int argc, char **argv)
         return 1;
     c.size = qk_size(c.scan);
     pthread_mutex_init(&c.lock, NULL);
+    pthread_mutex_init(&c.out_lock, NULL);
 
-    c.fd = open(c.dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (c.fd < 0) {
-        cli_error("%s: error while converting raw: Could not create '%s': %s", c.dst, c.dst, strerror(errno));
+    if (!strcmp(out_fmt, "qcow2")) {
+        if (create_qcow2(&c) < 0)
+            goto out;
+    } else if (c.compress) {
+        cli_error("Compression not supported for this file format");
         goto out;
-    }
-    if (ftruncate(c.fd, (off_t)c.size) < 0) {
-        cli_error("%s: error while converting raw: Could not resize file: %s", c.dst, strerror(errno));
+    } else if (create_raw(&c) < 0) {
         goto out;
     }
 
@@ -379,7 +541,15 @@ out:
         cli_error("error while closing '%s': %s", c.dst, strerror(errno));
         rc = 1;
     }
+    if (c.out) {
+        int r = qk_close(c.out);
+        if (r < 0 && rc == 0) {
+            cli_error("error while closing '%s': %s", c.dst, qk_strerror(r));
+            rc = 1;
+        }
+    }
     qk_close(c.scan);
     pthread_mutex_destroy(&c.lock);
+    pthread_mutex_destroy(&c.out_lock);
     return rc;
 }

@@ -33,33 +33,37 @@ struct opt_desc {
     enum opt_type type;
     const char *def;    /* printed when not given (NULL: not printed) */
     const char *help;
+    int proto;          /* an option of the file layer, not of the format */
 };
 
-/* qemu's merged create-option lists (format options, then file-posix's). */
+/* qemu's merged create-option lists: the format's options, then those of
+ * the file layer (file-posix) that the format does not have. */
 static const struct opt_desc qcow2_opts[] = {
-    { "cluster_size", T_SIZE, "65536", "qcow2 cluster size" },
-    { "extended_l2", T_BOOL, "off", "Extended L2 tables" },
-    { "preallocation", T_STRING, NULL, "Preallocation mode (allowed values: off)" },
-    { "compression_type", T_STRING, "zlib", "Compression method used for image cluster compression" },
-    { "size", T_SIZE, NULL, "Virtual disk size" },
-    { "compat", T_STRING, NULL, "Compatibility level (v2 [0.10] or v3 [1.1])" },
-    { "backing_file", T_STRING, NULL, "File name of a base image" },
-    { "backing_fmt", T_STRING, NULL, "Image format of the base image" },
-    { "data_file", T_STRING, NULL, "File name of an external data file" },
-    { "data_file_raw", T_BOOL, NULL, "The external data file must stay valid as a raw image" },
-    { "lazy_refcounts", T_BOOL, "off", "Postpone refcount updates" },
-    { "refcount_bits", T_NUMBER, "16", "Width of a reference count entry in bits" },
-    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)" },
-    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable" },
-    { NULL, T_STRING, NULL, NULL },
+    { "cluster_size", T_SIZE, "65536", "qcow2 cluster size", 0 },
+    { "extended_l2", T_BOOL, "off", "Extended L2 tables", 0 },
+    { "preallocation", T_STRING, NULL,
+      "Preallocation mode (allowed values: off, metadata, falloc, full)", 0 },
+    { "compression_type", T_STRING, "zlib",
+      "Compression method used for image cluster compression", 0 },
+    { "size", T_SIZE, NULL, "Virtual disk size", 0 },
+    { "compat", T_STRING, NULL, "Compatibility level (v2 [0.10] or v3 [1.1])", 0 },
+    { "backing_file", T_STRING, NULL, "File name of a base image", 0 },
+    { "backing_fmt", T_STRING, NULL, "Image format of the base image", 0 },
+    { "data_file", T_STRING, NULL, "File name of an external data file", 0 },
+    { "data_file_raw", T_BOOL, NULL, "The external data file must stay valid as a raw image", 0 },
+    { "lazy_refcounts", T_BOOL, "off", "Postpone refcount updates", 0 },
+    { "refcount_bits", T_NUMBER, "16", "Width of a reference count entry in bits", 0 },
+    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)", 1 },
+    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable", 1 },
+    { NULL, T_STRING, NULL, NULL, 0 },
 };
 
 static const struct opt_desc raw_opts[] = {
-    { "size", T_SIZE, NULL, "Virtual disk size" },
-    { "preallocation", T_STRING, NULL, "Preallocation mode (allowed values: off)" },
-    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)" },
-    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable" },
-    { NULL, T_STRING, NULL, NULL },
+    { "size", T_SIZE, NULL, "Virtual disk size", 0 },
+    { "nocow", T_BOOL, NULL, "Turn off copy-on-write (valid only on btrfs)", 1 },
+    { "preallocation", T_STRING, NULL, "Preallocation mode (allowed values: off, falloc, full)", 1 },
+    { "extent_size_hint", T_SIZE, NULL, "Extent size hint for the image file, 0 to disable", 1 },
+    { NULL, T_STRING, NULL, NULL, 0 },
 };
 
 /* BlockdevDriver values of QEMU 7.2: what backing_fmt may name. */
@@ -107,12 +111,36 @@ static void create_help(void)
            "  -q          do not print the \"Formatting ...\" line\n");
 }
 
-static void print_option_help(const struct opt_desc *d)
+static int desc_cmp(const void *a, const void *b)
 {
-    static const char *const tn[] = { "<str>", "<bool (on/off)>", "<num>", "<size>" };
-    printf("Supported options:\n");
-    for (; d->name; d++)
-        printf("  %-16s %s - %s\n", d->name, tn[d->type], d->help);
+    return strcmp((*(const struct opt_desc *const *)a)->name, (*(const struct opt_desc *const *)b)->name);
+}
+
+/* qemu-img's "-o help": the options sorted by name; the file layer's ones
+ * only when a file name was given. */
+static void print_option_help(const char *fmt, const char *filename)
+{
+    static const char *const tn[] = { "str", "bool (on/off)", "num", "size" };
+    const struct opt_desc *d = !strcmp(fmt, "qcow2") ? qcow2_opts : raw_opts;
+    const struct opt_desc *list[32];
+    size_t n = 0;
+
+    for (; d->name && n < sizeof list / sizeof list[0]; d++)
+        if (filename || !d->proto)
+            list[n++] = d;
+    qsort(list, n, sizeof list[0], desc_cmp);
+    if (filename)
+        printf("Supported options:\n");
+    else
+        printf("Supported %s options:\n", fmt);
+    for (size_t i = 0; i < n; i++) {
+        char head[64];
+        int len = snprintf(head, sizeof head, "  %s=<%s>", list[i]->name, tn[list[i]->type]);
+        printf("%s%*s - %s\n", head, len < 24 ? 24 - len : 0, "", list[i]->help);
+    }
+    if (!filename)
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
 }
 
 /* ---- -o parsing ----------------------------------------------------------- */
@@ -467,8 +495,10 @@ static int run_create(struct create_args *a)
     o.no_backing_check = 1;  /* checked and sized above */
     if (!strcmp(a->fmt, "raw")) {
         const char *prealloc = val_str(a, "preallocation");
-        if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full"))
-            return enum_error(a, "preallocation", prealloc) ? 1 : 0;
+        if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
+            cli_error("%s: invalid parameter value: %s", a->filename, prealloc);
+            return 1;
+        }
         o.format = QK_FMT_RAW;
         o.preallocation = prealloc && strcmp(prealloc, "off");
         if (o.preallocation) {
@@ -491,9 +521,10 @@ static int run_create(struct create_args *a)
 
 /* ---- command line ------------------------------------------------------- */
 
-/* Steps 1-3; then run_create. OPTIONS is the joined -o list or NULL. */
+/* Steps 1-3; then run_create. OPTIONS is the joined -o list or NULL;
+ * SIZE_ARG the SIZE argument (NULL if none), already parsed to SIZE_VALUE. */
 static int create_image(struct create_args *a, const char *options, const char *base,
-                        const char *base_fmt, const char *size_arg)
+                        const char *base_fmt, const char *size_arg, uint64_t size_value)
 {
     struct opt_val *size;
 
@@ -522,7 +553,7 @@ static int create_image(struct create_args *a, const char *options, const char *
     }
     if (size_arg) {
         set_val(a, "size", size_arg, 0);
-        size->num = (uint64_t)cli_cvtnum("image size", size_arg);
+        size->num = size_value;
     }
     if (base && !find_val(a, "backing_file")) {
         cli_error("%s: Backing file not supported for file format '%s'", a->filename, a->fmt);
@@ -581,6 +612,7 @@ int cmd_create(int argc, char **argv)
     };
     struct create_args a = { NULL, "raw", NULL, NULL, 0, 0 };
     const char *base = NULL, *base_fmt = NULL, *size_arg = NULL;
+    uint64_t size_value = 0;
     char *options = NULL;
     int c, rc = 1;
 
@@ -602,7 +634,11 @@ int cmd_create(int argc, char **argv)
         }
     }
     if (options && has_help_option(options)) {
-        print_option_help(!strcmp(a.fmt, "qcow2") ? qcow2_opts : raw_opts);
+        if (strcmp(a.fmt, "qcow2") && strcmp(a.fmt, "raw")) {
+            cli_error("Unknown file format '%s'", a.fmt);
+            goto out;
+        }
+        print_option_help(a.fmt, optind < argc ? argv[optind] : NULL);
         rc = 0;
         goto out;
     }
@@ -613,14 +649,16 @@ int cmd_create(int argc, char **argv)
     a.filename = argv[optind++];
     if (optind < argc) {
         size_arg = argv[optind++];
-        if (cli_cvtnum("image size", size_arg) < 0)
+        int64_t v = cli_cvtnum("image size", size_arg);
+        if (v < 0)
             goto out;
+        size_value = (uint64_t)v;
     }
     if (optind != argc) {
         rc = cli_usage_error("Unexpected argument: %s", argv[optind]);
         goto out;
     }
-    rc = create_image(&a, options, base, base_fmt, size_arg);
+    rc = create_image(&a, options, base, base_fmt, size_arg, size_value);
 out:
     if (a.vals)
         for (size_t i = 0; a.descs[i].name; i++)

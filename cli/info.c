@@ -22,7 +22,7 @@
 #include "json.h"
 #include "qcowkit.h"
 
-#define MAX_CHAIN 128   /* longer chains are reported as loops */
+#define MAX_CHAIN 256   /* images shown by one --backing-chain */
 
 static void info_help(void)
 {
@@ -255,8 +255,12 @@ static int run_info(enum cli_output output, int chain, unsigned flags, const cha
         for (size_t i = 0; i < n; i++)
             if (!strcmp(e[i].name, name))
                 rc = 1;
-        if (rc || n == MAX_CHAIN) {
+        if (rc) {
             cli_error("Backing file '%s' creates an infinite loop.", name);
+            break;
+        }
+        if (n == MAX_CHAIN) {
+            cli_error("Backing chain of '%s' is longer than %d images", filename, MAX_CHAIN);
             rc = 1;
             break;
         }

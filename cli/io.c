@@ -1,8 +1,9 @@
 /*
  * io.c - `qcowkit io [-f FMT] [-r] [-U] [-c CMD]... IMG`: scriptable I/O with
- * qemu-io 7.2's command syntax and output (qemu-io-cmds.c), for the commands
- * the library supports. Owns the command table, qemu-io's line splitting,
- * argument-count checks, statistics report and hex dump.
+ * qemu-io 7.2's command syntax and output (qemu-io-cmds.c) for read, write,
+ * discard, flush, map, length, help and quit. Owns the command table,
+ * qemu-io's line splitting, argument-count checks, statistics report and
+ * hex dump.
  *
  * Invariants:
  *  1. Commands run in the order given; a failing command does not stop the
@@ -11,9 +12,11 @@
  *  2. Messages go where qemu-io sends them: results, "read failed: ...",
  *     pattern and parsing errors on stdout; unknown commands, bad argument
  *     counts and getopt complaints on stderr.
- *  3. A command is one table entry: adding write/discard/flush/map means
- *     adding a function and a row, nothing else (rows with `needs_write`
- *     are refused on a read-only handle, as qemu-io does).
+ *  3. A command is one table entry: adding one (aio_*, alloc, truncate...)
+ *     means adding a function and a row, nothing else (rows with
+ *     `needs_write` are refused on a read-only handle, as qemu-io does).
+ *  4. A write, zero write or discard outside [0, size] fails with -EIO
+ *     before reaching the library, like QEMU's blk_check_byte_request.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -89,22 +92,24 @@ static double seconds_of(const struct timespec *t)
     return (double)t->tv_sec + (double)t->tv_nsec / 1e9;
 }
 
-/* qemu-io's cvtstr: "64 KiB", "95.734 KiB", "16 bytes". */
+/* qemu-io's cvtstr: "64 KiB", "95.734 KiB", "16 bytes", "90.918117 bytes". */
 static void cvtstr(double value, char *str, size_t size)
 {
     static const char *const units[] = { " EiB", " PiB", " TiB", " GiB", " MiB", " KiB" };
     const char *suffix = " bytes";
     char *trim;
+    int i;
 
-    for (int i = 0; i < 6; i++) {
+    for (i = 0; i < 6; i++) {
         double scale = (double)(UINT64_C(1) << (10 * (6 - i)));
         if (value >= scale) {
             suffix = units[i];
-            value /= scale;
+            snprintf(str, size - 4, "%.3f", value / scale);
             break;
         }
     }
-    snprintf(str, size - 4, "%.3f", value);
+    if (i == 6)
+        snprintf(str, size - 6, "%f", value);
     trim = strstr(str, ".000");
     if (trim)
         strcpy(trim, suffix);
@@ -171,12 +176,31 @@ static void usage_of(const io_cmd *c)
     printf("%s %s -- %s\n", c->name, c->args, c->oneline);
 }
 
-/* Words for a failed request, as qemu-io's strerror(-ret). */
-static const char *io_strerror(io_ctx *ctx, int rc)
+/* Parse OFFSET and LENGTH operands (qemu-io's cvtnum + messages). */
+static int parse_off_len(char **ops, int64_t *offset, int64_t *count)
 {
-    if (rc > -1000)
-        return strerror(-rc);
-    return cli_errstr(ctx->img, rc);
+    int rc;
+
+    if ((rc = io_cvtnum(ops[0], offset)) < 0)
+        return rc;
+    return io_cvtnum(ops[1], count);
+}
+
+/* The block layer's request check (blk_check_byte_request): -EIO past the end. */
+static int check_range(io_ctx *ctx, int64_t offset, int64_t count)
+{
+    uint64_t size = qk_size(ctx->img);
+    if ((uint64_t)offset > size || size - (uint64_t)offset < (uint64_t)count)
+        return -EIO;
+    return 0;
+}
+
+/* "OP failed: why" on stdout, the library's detail on stderr. */
+static void report_failure(io_ctx *ctx, const char *op, int rc)
+{
+    printf("%s failed: %s\n", op, cli_io_strerror(rc));
+    fflush(stdout);
+    cli_io_detail(ctx->img, rc);
 }
 
 /* ---- read ---- */
@@ -243,9 +267,7 @@ static int read_f(io_ctx *ctx, int argc, char **argv)
         usage_of(self);
         return -EINVAL;
     }
-    if ((rc = io_cvtnum(argv[optind], &offset)) < 0)
-        return rc;
-    if ((rc = io_cvtnum(argv[optind + 1], &count)) < 0)
+    if ((rc = parse_off_len(argv + optind, &offset, &count)) < 0)
         return rc;
     if (count > IO_MAX_REQUEST) {
         printf("length cannot exceed %lld, given %s\n", (long long)IO_MAX_REQUEST, argv[optind + 1]);
@@ -269,14 +291,12 @@ static int read_f(io_ctx *ctx, int argc, char **argv)
     }
     memset(buf, 0xab, (size_t)count);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    /* The block layer's range check (blk_check_byte_request) says -EIO. */
-    if ((uint64_t)offset > qk_size(ctx->img) || qk_size(ctx->img) - (uint64_t)offset < (uint64_t)count)
-        rc = -EIO;
-    else
-        rc = count ? qk_pread(ctx->img, buf, (uint64_t)count, (uint64_t)offset) : 0;
+    rc = check_range(ctx, offset, count);
+    if (rc == 0 && count)
+        rc = qk_pread(ctx->img, buf, (uint64_t)count, (uint64_t)offset);
     clock_gettime(CLOCK_MONOTONIC, &t2);
     if (rc < 0) {
-        printf("read failed: %s\n", io_strerror(ctx, rc));
+        report_failure(ctx, "read", rc);
         goto out;
     }
     if (pflag && pcount > 0) {
@@ -300,6 +320,312 @@ out:
     return rc;
 }
 
+/* ---- write ---- */
+
+static void write_help(void)
+{
+    printf("\n"
+           " writes a range of bytes from the given offset\n"
+           "\n"
+           " Example:\n"
+           " 'write 512 1k' - writes 1 kilobyte at 512 bytes into the open file\n"
+           "\n"
+           " Writes into a segment of the currently open file, using a buffer\n"
+           " filled with a set pattern (0xcdcdcdcd).\n"
+           " -c, -- write compressed data (whole clusters)\n"
+           " -f, -- use Force Unit Access semantics (flush after the write)\n"
+           " -n, -- with -z, don't allow slow fallback (accepted; zero writes never fall back)\n"
+           " -p, -- ignored for backwards compatibility\n"
+           " -P, -- use different pattern to fill file\n"
+           " -s, -- use a pattern file to fill the write buffer\n"
+           " -C, -- report statistics in a machine parsable format\n"
+           " -q, -- quiet mode, do not show I/O statistics\n"
+           " -u, -- with -z, allow unmapping\n"
+           " -z, -- write zeroes\n"
+           "\n");
+}
+
+/* The buffer of `write -s FILE`: FILE's first COUNT bytes, repeated to fill
+ * COUNT (qemu_io_alloc_from_file). NULL after a message on stderr. */
+static unsigned char *buffer_from_file(const char *name, size_t count)
+{
+    FILE *f = fopen(name, "r");
+    unsigned char *buf;
+    size_t got;
+
+    if (!f) {
+        perror(name);
+        return NULL;
+    }
+    buf = malloc(count ? count : 1);
+    if (!buf) {
+        fclose(f);
+        fprintf(stderr, "%s: %s\n", name, strerror(ENOMEM));
+        return NULL;
+    }
+    got = fread(buf, 1, count, f);
+    if (ferror(f)) {
+        perror(name);
+        goto fail;
+    }
+    if (got == 0) {
+        fprintf(stderr, "%s: file is empty\n", name);
+        goto fail;
+    }
+    fclose(f);
+    for (size_t i = got; i < count; i += got)
+        memcpy(buf + i, buf, count - i < got ? count - i : got);
+    return buf;
+fail:
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
+/* Compressed write of whole clusters (the last one may end the disk). */
+static int write_compressed(io_ctx *ctx, const unsigned char *buf, uint64_t offset, uint64_t count)
+{
+    uint64_t cs = qk_cluster_size(ctx->img), size = qk_size(ctx->img);
+
+    if (cs == 0 || offset % cs || (count % cs && offset + count != size))
+        return -EINVAL;
+    for (uint64_t done = 0; done < count; done += cs) {
+        uint64_t n = count - done < cs ? count - done : cs;
+        int rc = qk_pwrite_compressed(ctx->img, buf + done, n, offset + done);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int write_f(io_ctx *ctx, int argc, char **argv)
+{
+    const io_cmd *self = find_cmd("write");
+    int cflag = 0, Cflag = 0, fflag = 0, nflag = 0, pflag = 0, qflag = 0, sflag = 0, uflag = 0, zflag = 0;
+    int pattern = 0xcd, c, rc;
+    const char *file = NULL;
+    int64_t offset, count;
+    unsigned char *buf = NULL;
+    struct timespec t1, t2;
+
+    while ((c = getopt(argc, argv, "bcCfnpP:qs:uz")) != -1) {
+        switch (c) {
+        case 'b':
+            fprintf(stderr, "%s: -b (VM state) is not supported\n", argv[0]);
+            return -ENOTSUP;
+        case 'c': cflag = 1; break;
+        case 'C': Cflag = 1; break;
+        case 'f': fflag = 1; break;
+        case 'n': nflag = 1; break;
+        case 'p': break;
+        case 'P':
+            pflag = 1;
+            if ((pattern = parse_pattern(optarg)) < 0)
+                return -EINVAL;
+            break;
+        case 'q': qflag = 1; break;
+        case 's': sflag = 1; file = optarg; break;
+        case 'u': uflag = 1; break;
+        case 'z': zflag = 1; break;
+        default:
+            usage_of(self);
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        usage_of(self);
+        return -EINVAL;
+    }
+    if (fflag && cflag) {
+        printf("-f and -b or -c cannot be specified at the same time\n");
+        return -EINVAL;
+    }
+    if (nflag && !zflag) {
+        printf("-n requires -z to be specified\n");
+        return -EINVAL;
+    }
+    if (uflag && !zflag) {
+        printf("-u requires -z to be specified\n");
+        return -EINVAL;
+    }
+    if (zflag + pflag + sflag > 1) {
+        printf("Only one of -z, -P, and -s can be specified at the same time\n");
+        return -EINVAL;
+    }
+    if ((rc = parse_off_len(argv + optind, &offset, &count)) < 0)
+        return rc;
+    if (count > IO_MAX_REQUEST && !nflag) {
+        printf("length cannot exceed %lld without -n, given %s\n", (long long)IO_MAX_REQUEST, argv[optind + 1]);
+        return -EINVAL;
+    }
+    if (cflag && offset % 512) {
+        printf("%lld is not a sector-aligned value for 'offset'\n", (long long)offset);
+        return -EINVAL;
+    }
+    if (cflag && count % 512) {
+        printf("%lld is not a sector-aligned value for 'count'\n", (long long)count);
+        return -EINVAL;
+    }
+    if (!zflag) {
+        if (sflag) {
+            if (!(buf = buffer_from_file(file, (size_t)count)))
+                return -EINVAL;
+        } else {
+            if (!(buf = malloc(count ? (size_t)count : 1))) {
+                report_failure(ctx, "write", -ENOMEM);
+                return -ENOMEM;
+            }
+            memset(buf, pattern, (size_t)count);
+        }
+    }
+
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    rc = check_range(ctx, offset, count);
+    if (rc == 0 && zflag)
+        rc = qk_pwrite_zeroes(ctx->img, (uint64_t)count, (uint64_t)offset, uflag ? QK_ZERO_MAY_UNMAP : 0);
+    else if (rc == 0 && cflag)
+        rc = write_compressed(ctx, buf, (uint64_t)offset, (uint64_t)count);
+    else if (rc == 0 && count)
+        rc = qk_pwrite(ctx->img, buf, (uint64_t)count, (uint64_t)offset);
+    if (rc == 0 && fflag)
+        rc = qk_flush(ctx->img);
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    if (rc < 0) {
+        report_failure(ctx, "write", rc);
+        goto out;
+    }
+    if (!qflag) {
+        t2 = tsub(t2, t1);
+        print_report("wrote", &t2, offset, count, count, 1, Cflag);
+    }
+out:
+    free(buf);
+    return rc;
+}
+
+/* ---- discard, flush ---- */
+
+static void discard_help(void)
+{
+    printf("\n"
+           " discards a range of bytes from the given offset\n"
+           "\n"
+           " Example:\n"
+           " 'discard 512 1k' - discards 1 kilobyte from 512 bytes into the file\n"
+           "\n"
+           " Discards a segment of the currently open file.\n"
+           " -C, -- report statistics in a machine parsable format\n"
+           " -q, -- quiet mode, do not show I/O statistics\n"
+           "\n");
+}
+
+static int discard_f(io_ctx *ctx, int argc, char **argv)
+{
+    const io_cmd *self = find_cmd("discard");
+    int Cflag = 0, qflag = 0, c, rc;
+    int64_t offset, count;
+    struct timespec t1, t2;
+
+    while ((c = getopt(argc, argv, "Cq")) != -1) {
+        switch (c) {
+        case 'C': Cflag = 1; break;
+        case 'q': qflag = 1; break;
+        default:
+            usage_of(self);
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        usage_of(self);
+        return -EINVAL;
+    }
+    if ((rc = parse_off_len(argv + optind, &offset, &count)) < 0)
+        return rc;
+    if (count > IO_MAX_REQUEST) {
+        printf("length cannot exceed %lld, given %s\n", (long long)IO_MAX_REQUEST, argv[optind + 1]);
+        return -EINVAL;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    rc = check_range(ctx, offset, count);
+    if (rc == 0 && count)
+        rc = qk_discard(ctx->img, (uint64_t)count, (uint64_t)offset);
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    if (rc < 0) {
+        report_failure(ctx, "discard", rc);
+        return rc;
+    }
+    if (!qflag) {
+        t2 = tsub(t2, t1);
+        print_report("discard", &t2, offset, count, count, 1, Cflag);
+    }
+    return 0;
+}
+
+/* qemu-io's flush prints nothing, even when it fails. */
+static int flush_f(io_ctx *ctx, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return qk_flush(ctx->img);
+}
+
+/* ---- map, length ---- */
+
+/* Allocation in this layer only (bdrv_is_allocated): 1, 0, or < 0. */
+static int allocated_here(io_ctx *ctx, uint64_t off, uint64_t len, uint64_t *pnum)
+{
+    qk_extent e;
+    int rc = qk_block_status(ctx->img, off, len, &e);
+
+    if (rc < 0)
+        return rc;
+    *pnum = e.length < len ? e.length : len;
+    return (e.flags & QK_BS_PRESENT) && e.depth == 0;
+}
+
+static int map_f(io_ctx *ctx, int argc, char **argv)
+{
+    uint64_t size = qk_size(ctx->img), off = 0;
+    char s1[64], s2[64];
+
+    (void)argc;
+    (void)argv;
+    while (off < size) {
+        uint64_t num, n;
+        int first = allocated_here(ctx, off, size - off, &num), rc = first;
+
+        /* Merge the following runs of the same state (map_is_allocated). */
+        while (rc == first && rc >= 0 && off + num < size) {
+            rc = allocated_here(ctx, off + num, size - off - num, &n);
+            if (rc == first && n)
+                num += n;
+        }
+        if (first < 0 || (rc < 0 && rc != first)) {
+            rc = first < 0 ? first : rc;
+            cli_error("Failed to get allocation status: %s", cli_io_strerror(rc));
+            cli_io_detail(ctx->img, rc);
+            return rc;
+        }
+        cvtstr((double)num, s1, sizeof s1);
+        cvtstr((double)off, s2, sizeof s2);
+        printf("%s (0x%llx) bytes %s at offset %s (0x%llx)\n", s1, (unsigned long long)num,
+               first ? "    allocated" : "not allocated", s2, (unsigned long long)off);
+        off += num;
+    }
+    return 0;
+}
+
+static int length_f(io_ctx *ctx, int argc, char **argv)
+{
+    char s[64];
+
+    (void)argc;
+    (void)argv;
+    cvtstr((double)qk_size(ctx->img), s, sizeof s);
+    printf("%s\n", s);
+    return 0;
+}
+
 /* ---- the command table ---- */
 
 static int help_f(io_ctx *ctx, int argc, char **argv);
@@ -307,10 +633,17 @@ static int quit_f(io_ctx *ctx, int argc, char **argv);
 
 /* The command table, sorted by name as qemu-io lists it. */
 static const io_cmd commands[] = {
+    { "discard", "d", discard_f, 2, -1, 1, "[-Cq] off len", "discards a number of bytes at a specified offset",
+      discard_help },
+    { "flush", "f", flush_f, 0, 0, 0, NULL, "flush all in-core file state to disk", NULL },
     { "help", "?", help_f, 0, 1, 0, "[command]", "help for one or all commands", NULL },
+    { "length", "l", length_f, 0, 0, 0, NULL, "gets the length of the current file", NULL },
+    { "map", NULL, map_f, 0, 0, 0, "", "prints the allocated areas of a file", NULL },
     { "quit", "q", quit_f, 0, 0, 0, NULL, "exit the program", NULL },
     { "read", "r", read_f, 2, -1, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
       "reads a number of bytes at a specified offset", read_help },
+    { "write", "w", write_f, 2, -1, 1, "[-bcCfnquz] [-P pattern | -s source_file] off len",
+      "writes a number of bytes at a specified offset", write_help },
 };
 static const size_t n_commands = sizeof commands / sizeof commands[0];
 
@@ -435,7 +768,7 @@ static void io_usage(FILE *f)
                "                       read from standard input, one per line\n"
                "  -f, --format FMT     image format: qcow2 or raw (default: probe)\n"
                "  -r, --read-only      open the image read-only\n"
-               "  -U, --force-share    open without refusing other users (implies nothing else)\n"
+               "  -U, --force-share    open without refusing other users (needs -r)\n"
                "  -h, --help           show this help\n\n"
                "Run 'qcowkit io -c help IMG' for the commands.\n");
 }
@@ -472,6 +805,11 @@ int cmd_io(int argc, char **argv)
     if (optind != argc - 1) {
         free(cmds);
         return cli_usage_error("io: expecting one image file name");
+    }
+    if ((flags & QK_OPEN_FORCE_SHARE) && (flags & QK_OPEN_RDWR)) {
+        cli_error("can't open device %s: force-share=on can only be used with read-only images", argv[optind]);
+        free(cmds);
+        return 1;
     }
     if (cli_format_flags(fmt, &flags) < 0) {
         cli_error("can't open device %s: Unknown driver '%s'", argv[optind], fmt);

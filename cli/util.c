@@ -145,6 +145,19 @@ const char *cli_errstr(const qk_image *img, int code)
 }
 
 
+const char *cli_io_strerror(int code)
+{
+    return strerror(code > -1000 ? -code : EIO);
+}
+
+void cli_io_detail(const qk_image *img, int code)
+{
+    const char *m = img ? qk_errmsg(img) : NULL;
+
+    if (code <= -1000 && m && *m)
+        cli_error("%s", m);
+}
+
 int cli_is_zero(const void *buf, size_t len)
 {
     const unsigned char *p = buf;

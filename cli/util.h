@@ -45,6 +45,15 @@ void cli_progress_end(cli_progress *p);
 /* Words for the last failure on IMG: its message, or qk_strerror(code). */
 const char *cli_errstr(const qk_image *img, int code);
 
+/* QEMU's words for a failed read or write: strerror(-code) for -errno, and
+ * "Input/output error" for the library's own codes (QEMU reports corrupt or
+ * undecodable data as -EIO). */
+const char *cli_io_strerror(int code);
+
+/* For a library code, print what the handle says as "qcowkit: MSG" on
+ * stderr, after the qemu-style message (QEMU has no such detail line). */
+void cli_io_detail(const qk_image *img, int code);
+
 /* 1 if the LEN bytes at BUF are all zero. */
 int cli_is_zero(const void *buf, size_t len);
 

@@ -75,6 +75,7 @@ enum qk_format {
 #define QK_OPEN_FORCE_SHARE  0x0002u /**< like qemu-img -U: take no refusal locks */
 #define QK_OPEN_NO_BACKING   0x0004u /**< do not open backing files (reads of unallocated ranges return zeros) */
 #define QK_OPEN_NO_LOCK      0x0008u /**< take no locks at all */
+#define QK_OPEN_UNSAFE       0x0010u /**< never flush to disk (qemu-img -t unsafe): fast, but a crash may corrupt the image; for filling new images */
 #define QK_OPEN_FMT_QCOW2    0x0100u /**< the file must be qcow2 (else QK_E_NOT_FORMAT) */
 #define QK_OPEN_FMT_RAW      0x0200u /**< treat the file as raw */
 
@@ -198,6 +199,7 @@ typedef struct qk_bitmap_info {
     unsigned flags;        /**< on-disk flags: QK_BITMAP_* */
     int consistent;        /**< 1 if the bitmap can be used */
     char *reason;          /**< why it is inconsistent (NULL when consistent) */
+    uint64_t dirty_bytes;  /**< bytes marked dirty (qk_bitmap_list only; 0 if inconsistent) */
 } qk_bitmap_info;
 
 typedef struct qk_info {
@@ -239,6 +241,45 @@ QK_API qk_image *qk_backing(qk_image *img);
 QK_API const char *qk_filename(const qk_image *img);
 
 /* ------------------------------------------------------------------ */
+/* Persistent dirty bitmaps (the qcow2 bitmaps extension)
+ *
+ * Bitmaps are loaded when first used. An image opened read-write marks its
+ * consistent bitmaps in_use on disk before the first guest write; from then
+ * on every write, zero write and discard sets the bits it touches in every
+ * enabled bitmap, and qk_close() stores them (new data, table and directory,
+ * then the header switch, then the old clusters are freed). A bitmap found
+ * in_use, or breaking a rule of the spec, is inconsistent: it is listed with
+ * the reason and may only be removed. */
+
+#define QK_BITMAP_ADD_DISABLED 0x1u /**< qk_bitmap_add: create it disabled */
+
+/** List the bitmaps, consistent or not, with their dirty byte counts. */
+QK_API int qk_bitmap_list(qk_image *img, qk_bitmap_info **out, size_t *count);
+QK_API void qk_bitmap_list_free(qk_bitmap_info *list, size_t count);
+
+/** Add an empty bitmap. GRANULARITY is a power of two from 512 B to 2 GiB,
+ *  or 0 for the default (the cluster size clamped to 4 KiB..64 KiB). */
+QK_API int qk_bitmap_add(qk_image *img, const char *name, uint64_t granularity, unsigned flags);
+/** Remove a bitmap (consistent or not) and free its clusters. */
+QK_API int qk_bitmap_remove(qk_image *img, const char *name);
+/** Clear every bit. */
+QK_API int qk_bitmap_clear(qk_image *img, const char *name);
+/** Start (enable) or stop (disable) tracking writes. */
+QK_API int qk_bitmap_enable(qk_image *img, const char *name);
+QK_API int qk_bitmap_disable(qk_image *img, const char *name);
+/** DST |= SRC. SRC_IMG may be IMG itself or another open image of the same
+ *  virtual size or larger; granularities may differ. */
+QK_API int qk_bitmap_merge(qk_image *img, const char *dst, qk_image *src_img, const char *src);
+
+/** Called for each run of equal state; a non-zero return stops the walk
+ *  and is returned by qk_bitmap_extents(). */
+typedef int (*qk_extent_fn)(void *opaque, uint64_t offset, uint64_t length, int dirty);
+/** Walk [OFFSET, OFFSET+LENGTH) of bitmap NAME in runs of equal state,
+ *  adjacent runs of the same state merged. */
+QK_API int qk_bitmap_extents(qk_image *img, const char *name, uint64_t offset, uint64_t length,
+                             qk_extent_fn fn, void *opaque);
+
+/* ------------------------------------------------------------------ */
 /* Creating */
 
 typedef struct qk_create_opts {
@@ -256,8 +297,14 @@ typedef struct qk_create_opts {
     const char *data_file;
     int data_file_raw;
     int no_backing_check;      /**< like qemu-img create -u: don't open the backing file */
-    int preallocation;         /**< 0 off (others come with the write path) */
+    int preallocation;         /**< QK_PREALLOC_*: as qemu-img's preallocation= */
 } qk_create_opts;
+
+/* qk_create_opts.preallocation (the values of QEMU's PreallocMode) */
+#define QK_PREALLOC_OFF      0 /**< nothing allocated beyond the L1 table */
+#define QK_PREALLOC_METADATA 1 /**< L2 tables and data clusters mapped, not written */
+#define QK_PREALLOC_FALLOC   2 /**< also reserve the data area with fallocate */
+#define QK_PREALLOC_FULL     3 /**< also write zeros over the data area */
 
 #define QK_CREATE_OPTS_VERSION 1
 #define QK_CREATE_OPTS_INIT { QK_CREATE_OPTS_VERSION, QK_FMT_QCOW2, 0, 3, 65536, 16, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0 }

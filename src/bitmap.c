@@ -24,13 +24,14 @@
 
 void bitmap_free_all(qk_image *img)
 {
-    for (uint32_t i = 0; i < img->nb_bitmaps; i++) {
-        free(img->bitmaps[i].name);
-        free(img->bitmaps[i].extra);
-    }
+    for (uint32_t i = 0; i < img->nb_bitmaps; i++)
+        bitmap_release(&img->bitmaps[i]);
+    for (uint32_t i = 0; i < img->nb_removed; i++)
+        bitmap_release(&img->removed[i]);
     free(img->bitmaps);
-    img->bitmaps = NULL;
-    img->nb_bitmaps = 0;
+    free(img->removed);
+    img->bitmaps = img->removed = NULL;
+    img->nb_bitmaps = img->nb_removed = 0;
 }
 
 static void dir_error(qk_image *img, const char *msg)
@@ -40,7 +41,7 @@ static void dir_error(qk_image *img, const char *msg)
 }
 
 /* The exact table size QEMU requires for a bitmap of granularity 2^gb. */
-static uint64_t required_table_size(const qk_image *img, unsigned gb)
+uint64_t bitmap_table_size(const qk_image *img, unsigned gb)
 {
     uint64_t bits = gb >= 64 ? 1 : div_round_up(img->size, 1ull << gb);
     return div_round_up(div_round_up(bits, 8), img->cluster_size);
@@ -73,8 +74,8 @@ static const char *entry_problem(const qk_image *img, const struct qk_bitmap *b,
     if (b->table_size > BME_MAX_TABLE_SIZE ||
         (uint64_t)b->table_size * img->cluster_size > BME_MAX_PHYS_SIZE)
         return "bitmap table is larger than 512 MiB of bitmap data";
-    if (b->table_size != required_table_size(img, b->gran_bits))
-        return b->table_size < required_table_size(img, b->gran_bits)
+    if (b->table_size != bitmap_table_size(img, b->gran_bits))
+        return b->table_size < bitmap_table_size(img, b->gran_bits)
                    ? "bitmap table is too small for the virtual size"
                    : "bitmap table is larger than the virtual size needs";
     if (b->table_offset + (uint64_t)b->table_size * 8 > img->file_size)
@@ -181,6 +182,8 @@ int bitmap_load_directory(qk_image *img)
         img->bitmaps = v;
         struct qk_bitmap *b = &v[count];
         memset(b, 0, sizeof *b);
+        b->on_disk = 1;
+        b->dir_pos = off;
         img->nb_bitmaps = ++count;
         b->table_offset = be64_load(p);
         b->table_size = be32_load(p + 8);

@@ -121,11 +121,9 @@ void compressed_extent(const qk_image *img, uint64_t e, uint64_t *coff, uint64_t
     *nsec = ((e >> shift) & ((1ull << (cb - 8)) - 1)) + 1;
 }
 
-static int compressed_range(qk_image *img, uint64_t e, struct qk_map *m)
+int compressed_check(qk_image *img, struct qk_map *m)
 {
-    uint64_t coff, nsec;
-    compressed_extent(img, e, &coff, &nsec);
-    uint64_t clen = nsec * 512 - (coff & 511);
+    uint64_t coff = m->host, clen = m->clen;
     if (coff > MAX_CLUSTER_OFFSET)
         return QK_CORRUPT(img, "Compressed cluster offset %#llx out of range",
                           (unsigned long long)coff);
@@ -177,8 +175,10 @@ int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m)
 
     if (first.type == CT_COMPRESSED) {
         uint64_t e = be64_load(l2 + (size_t)l2_index * img->l2_entry_size);
-        if ((r = compressed_range(img, e, m)) < 0)
-            return r;
+        uint64_t coff, nsec;
+        compressed_extent(img, e, &coff, &nsec);
+        m->host = coff;            /* validated by compressed_check() before use */
+        m->clen = nsec * 512 - (coff & 511);
         m->type = CT_COMPRESSED;
         m->len = min_u64(cs - in_cluster, len);
         return 0;

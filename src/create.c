@@ -28,6 +28,7 @@
  *  3. No global state: everything lives in struct cr_file / struct cr_alloc.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -450,12 +451,54 @@ static int grow_new_file(qk_io *io, uint64_t size)
     return io_pwrite(io, zeros, size < CR_MAX_FIRST_BLOCK ? CR_SECTOR : CR_MAX_FIRST_BLOCK, 0);
 }
 
+/* QEMU's file-posix create locks before it empties anything: it takes the
+ * WRITE and RESIZE permissions and refuses to share RESIZE (bytes 101, 103,
+ * 203), then checks that nobody refuses write or resize (201, 203) and that
+ * nobody holds resize (103). Same bytes and messages as lock.c. */
+static int lock_for_create(qk_image *img, qk_io *io, const char *path)
+{
+    static const uint64_t take[] = { 101, 103, 203 };
+    static const struct { uint64_t byte; const char *what; } test[] = {
+        { 201, "\"write\" lock" }, { 203, "\"resize\" lock" }, { 103, "shared \"resize\" lock" },
+    };
+    int r;
+
+    if (!io->ops->lock_byte || !io->ops->lock_test)
+        return 0;
+    for (size_t i = 0; i < sizeof take / sizeof take[0]; i++)
+        if ((r = io->ops->lock_byte(io, take[i])) < 0)
+            return qk_set_error(img, r, "Failed to lock byte %llu: %s",
+                                (unsigned long long)take[i], strerror(-r));
+    for (size_t i = 0; i < sizeof test / sizeof test[0]; i++) {
+        r = io->ops->lock_test(io, test[i].byte);
+        if (r < 0)
+            return qk_set_error(img, r, "Failed to test lock byte: %s", strerror(-r));
+        if (r)
+            return qk_set_error(img, QK_E_LOCKED,
+                                "Failed to get %s\nIs another process using the image [%s]?",
+                                test[i].what, path);
+    }
+    return 0;
+}
+
+/* Create PATH if needed (not truncating yet), lock it like QEMU, then empty
+ * it. A file another process uses is left untouched. */
 static int open_new_file(qk_image *img, const char *path, qk_io **io)
 {
-    int r = io_posix_open(io, path, QK_IO_WRITE, 1);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return qk_set_error(img, -errno, "Could not create '%s': %s", path, strerror(errno));
+    close(fd);
+    int r = io_posix_open(io, path, QK_IO_WRITE, 0);
     if (r)
         return qk_set_error(img, r, "Could not create '%s': %s", path, strerror(-r));
-    return 0;
+    if (!(r = lock_for_create(img, *io, path)) && (r = (*io)->ops->truncate(*io, 0)))
+        r = qk_set_error(img, r, "Could not resize file: %s", strerror(-r));
+    if (r) {
+        io_close(*io);
+        *io = NULL;
+    }
+    return r;
 }
 
 static int too_large(qk_image *img, const char *fmt, int hint)
@@ -493,6 +536,28 @@ struct cr_layout {
     struct qk_header hdr;
     uint64_t size;
 };
+
+/* Step 5 (data_file_raw): QEMU preallocates metadata: one L2 table per L1
+ * entry, allocated in order, mapping every guest cluster to the same offset
+ * in the data file (COPIED set; an extended L2 bitmap stays 0). */
+static int map_data_file(struct cr_layout *L, unsigned l2_bits, uint64_t entry_size)
+{
+    struct cr_alloc *a = &L->alloc;
+    uint64_t per_l2 = 1ull << l2_bits, clusters = div_round_up(L->size, a->cs);
+    int r;
+
+    for (uint64_t i = 0; i < L->hdr.l1_size; i++) {
+        int64_t l2 = alloc_clusters(a, a->cs);
+        if (l2 < 0)
+            return (int)l2;
+        if ((r = cr_write(&L->file, (uint64_t)l2, NULL, a->cs)))
+            return r;
+        for (uint64_t j = 0; j < per_l2 && i * per_l2 + j < clusters; j++)
+            be64_store(L->file.data + l2 + j * entry_size, ((i * per_l2 + j) << a->cbits) | OFLAG_COPIED);
+        be64_store(L->file.data + L->hdr.l1_offset + i * 8, (uint64_t)l2 | OFLAG_COPIED);
+    }
+    return 0;
+}
 
 /* Steps 3-5 of the file comment, on the in-memory copy. */
 static int lay_out(struct cr_layout *L, const qk_create_opts *o, unsigned cbits)
@@ -532,20 +597,8 @@ static int lay_out(struct cr_layout *L, const qk_create_opts *o, unsigned cbits)
             return r;
         L->hdr.l1_offset = (uint64_t)l1;
     }
-    if (o->data_file_raw) {
-        uint64_t entry_size = o->extended_l2 ? 16 : 8, per_l2 = 1ull << l2_bits;
-        uint64_t clusters = div_round_up(L->size, cs);
-        for (uint64_t i = 0; i < l1_size; i++) {
-            int64_t l2 = alloc_clusters(a, cs);
-            if (l2 < 0)
-                return (int)l2;
-            if ((r = cr_write(&L->file, (uint64_t)l2, NULL, cs)))
-                return r;
-            for (uint64_t j = 0; j < per_l2 && i * per_l2 + j < clusters; j++)
-                be64_store(L->file.data + l2 + j * entry_size, ((i * per_l2 + j) << cbits) | OFLAG_COPIED);
-            be64_store(L->file.data + L->hdr.l1_offset + i * 8, (uint64_t)l2 | OFLAG_COPIED);
-        }
-    }
+    if (o->data_file_raw && (r = map_data_file(L, l2_bits, o->extended_l2 ? 16 : 8)))
+        return r;
     L->hdr.reftable_offset = a->rt_offset;
     L->hdr.reftable_clusters = (uint32_t)(a->rt_size * 8 / cs);
     return 0;

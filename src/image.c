@@ -64,8 +64,7 @@ int image_mark_dirty(qk_image *img)
     return 0;
 }
 
-/* Rewrite the whole first cluster from img->hdr, then flush. */
-static int write_header(qk_image *img)
+int image_rewrite_header(qk_image *img)
 {
     uint8_t *buf = malloc(img->cluster_size);
     if (!buf)
@@ -85,7 +84,9 @@ static int write_header(qk_image *img)
 /* Flush everything and clear the dirty bit we set. */
 static int close_writable(qk_image *img)
 {
-    int r = qk_flush(img);
+    int r = bitmap_store_all(img);
+    if (r == 0)
+        r = qk_flush(img);
     if (r == 0 && img->lazy_dirty) {
         r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat & ~INCOMPAT_DIRTY,
                                   "the dirty bit");
@@ -106,15 +107,12 @@ static int prepare_writable(qk_image *img)
     if (h->incompat & INCOMPAT_DIRTY)
         return qk_set_error(img, QK_E_UNSUPPORTED,
                             "The image is dirty (lazy refcounts); repair it with 'qemu-img check -r all' first");
-    if (h->has_bitmaps_ext)
-        return qk_set_error(img, QK_E_UNSUPPORTED,
-                            "Writing images with persistent bitmaps is not supported yet");
-    if ((r = refcount_open(img)) < 0)
+    if ((r = refcount_open(img)) < 0 || (r = bitmap_open_writable(img)) < 0)
         return r;
-    uint64_t keep = h->autoclear & AUTOCLEAR_DATA_RAW;
+    uint64_t keep = h->autoclear & AUTOCLEAR_KNOWN;
     if (h->autoclear != keep && h->version >= 3) {
         h->autoclear = keep;
-        if ((r = write_header(img)) < 0)
+        if ((r = image_rewrite_header(img)) < 0)
             return r;
     }
     return 0;
@@ -205,7 +203,8 @@ static int open_data_file(qk_image *img)
                             name);
     if (!(img->data_file_full = backing_resolve(img->filename, name)))
         return qk_set_error(img, -ENOMEM, "Out of memory");
-    int r = io_posix_open(&img->data_io, img->data_file_full, img->writable ? QK_IO_WRITE : 0, 0);
+    int mode = (img->writable ? QK_IO_WRITE : 0) | ((img->flags & QK_OPEN_UNSAFE) ? QK_IO_NOSYNC : 0);
+    int r = io_posix_open(&img->data_io, img->data_file_full, mode, 0);
     if (r < 0) {
         img->data_io = img->io;
         return qk_set_error(img, r, "Could not open '%s': %s", img->data_file_full, qk_strerror(r));
@@ -262,8 +261,6 @@ static int open_qcow2(qk_image *img)
         return QK_CORRUPT(img, "L1 table is too small");
     if ((r = validate_table(img, h->l1_offset, h->l1_size, 8, MAX_L1_BYTES, "Active L1 table")) < 0)
         return r;
-    if (h->nb_snapshots > MAX_SNAPSHOTS)
-        return QK_CORRUPT(img, "Too many snapshots");
     if ((r = validate_table(img, h->snapshots_offset, h->nb_snapshots, SNAP_FIXED_SIZE,
                             (uint64_t)SNAP_FIXED_SIZE * MAX_SNAPSHOTS, "Snapshot table")) < 0)
         return r;
@@ -305,7 +302,8 @@ QK_API int qk_open(qk_image *img, const char *path, unsigned flags)
         return -EINVAL;
     if (img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The handle is already open");
-    int r = io_posix_open(&io, path, (flags & QK_OPEN_RDWR) ? QK_IO_WRITE : 0, 0);
+    int mode = ((flags & QK_OPEN_RDWR) ? QK_IO_WRITE : 0) | ((flags & QK_OPEN_UNSAFE) ? QK_IO_NOSYNC : 0);
+    int r = io_posix_open(&io, path, mode, 0);
     if (r < 0)
         return qk_set_error(img, r, "Could not open '%s': %s", path, qk_strerror(r));
     return image_open_io(img, io, path, flags);

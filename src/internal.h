@@ -129,6 +129,10 @@ int cache_flush(struct qk_cache *c);
 /* ---- refcount.c: refcounts and the cluster allocator --------------------- */
 
 int refcount_open(qk_image *img);
+/* Load the refcount table if it is not yet (read-only opens load it lazily). */
+int refcount_ensure(qk_image *img);
+/* 1 if the image looks made with preallocation=metadata (QEMU's heuristic). */
+int refcount_detect_metadata_prealloc(qk_image *img);
 void refcount_close(qk_image *img);
 int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value);
 /* Add +1 or -1 to the refcount of every cluster in [off, off+len). */
@@ -157,6 +161,9 @@ struct qk_map {
  * run starting at OFFSET (at most LEN bytes, stopping at an L2 table end). */
 int cluster_map(qk_image *img, uint64_t offset, uint64_t len, struct qk_map *m);
 
+/* Validate a CT_COMPRESSED mapping's host range against the file (QEMU only
+ * notices a bad descriptor when it reads it, so block status does not). */
+int compressed_check(qk_image *img, struct qk_map *m);
 /* Offset and 512-byte sector count of a compressed descriptor (unchecked). */
 void compressed_extent(const qk_image *img, uint64_t entry, uint64_t *coff, uint64_t *nsec);
 
@@ -227,12 +234,55 @@ struct qk_bitmap {
     uint32_t extra_size;
     uint8_t *extra;
     const char *reason;   /* NULL when consistent; a static string otherwise */
+    /* bitmap-rw.c */
+    struct qk_dirty *dirty;  /* the bits, once loaded (consistent bitmaps only) */
+    uint64_t *old_table;     /* host-endian table read at load, freed after store */
+    uint32_t old_table_size;
+    int on_disk;             /* has a table on disk (not added this session) */
+    uint64_t dir_pos;        /* offset of its entry in the on-disk directory */
 };
 
 /* Parse the bitmap directory. Never fails the open: a directory that cannot
  * be parsed leaves every bitmap inconsistent and sets img->bitmap_dir_error. */
 int bitmap_load_directory(qk_image *img);
 void bitmap_free_all(qk_image *img);
+/* The exact number of table entries a bitmap of granularity 2^GB needs. */
+uint64_t bitmap_table_size(const qk_image *img, unsigned gb);
+
+/* ---- dirty.c: in-memory sparse dirty bitmap ----------------------------- */
+
+struct qk_dirty;
+int dirty_new(struct qk_dirty **out, uint64_t size, unsigned gran_bits, uint32_t cluster_size);
+void dirty_free(struct qk_dirty *d);
+uint64_t dirty_size(const struct qk_dirty *d);
+unsigned dirty_gran_bits(const struct qk_dirty *d);
+/* Mark every granule that [off, off+len) touches. */
+int dirty_set(struct qk_dirty *d, uint64_t off, uint64_t len);
+int dirty_clear_all(struct qk_dirty *d);
+int dirty_get_bit(const struct qk_dirty *d, uint64_t bit);
+/* The run of equal state from OFF (< size): *len bytes, *dirty 0 or 1. */
+int dirty_extent(const struct qk_dirty *d, uint64_t off, uint64_t *len, int *dirty);
+uint64_t dirty_count_bytes(const struct qk_dirty *d);
+/* DST |= SRC, across granularities (a coarse bit is set if any finer one is). */
+int dirty_merge(struct qk_dirty *dst, const struct qk_dirty *src);
+/* One bitmap-data cluster CI to/from on-disk bytes. Store: *UNIFORM 0 for an
+ * all-zero cluster (BUF untouched), else 1 (all ones) or -1, BUF filled.
+ * Load: UNIFORM 0/1 for an all-zero/all-one cluster (BUF unused), -1 for BUF. */
+void dirty_store_cluster(const struct qk_dirty *d, uint64_t ci, uint32_t cs, uint8_t *buf, int *uniform);
+int dirty_load_cluster(struct qk_dirty *d, uint64_t ci, uint32_t cs, const uint8_t *buf, int uniform);
+
+/* ---- bitmap-rw.c: bitmap life cycle ------------------------------------- */
+
+/* Before a guest write: bitmaps in_use on disk, then mark [off, off+len)
+ * dirty in every enabled bitmap. */
+int bitmap_track_write(qk_image *img, uint64_t off, uint64_t len);
+/* On a read-write open: drop an extension whose autoclear bit is clear. */
+int bitmap_open_writable(qk_image *img);
+/* On close of a read-write image: store what changed. */
+int bitmap_store_all(qk_image *img);
+/* Resize every bitmap (refused while one is inconsistent). */
+int bitmap_resize_all(qk_image *img, uint64_t new_size);
+void bitmap_release(struct qk_bitmap *b);
 
 /* ---- backing.c --------------------------------------------------------- */
 
@@ -267,6 +317,8 @@ int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
  * single table entries, whose order matters); WHAT names it in errors. */
 int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what);
 int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const char *what);
+/* Rewrite the whole first cluster from img->hdr, then flush. */
+int image_rewrite_header(qk_image *img);
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
 int image_mark_dirty(qk_image *img);
 
@@ -302,6 +354,8 @@ struct qk_image {
     uint32_t refcount_bits;
     uint64_t refblock_entries;
     uint64_t free_cluster_index;
+    int prealloc_checked;  /* meta_prealloc has been computed */
+    int meta_prealloc;     /* block status asks the file for holes in data clusters */
     uint64_t free_byte_offset; /* where the next compressed cluster may be packed, 0 = none */
     int broken;            /* a corruption event happened: no more writes */
     uint64_t snapshots_size; /* bytes of the snapshot table */
@@ -320,6 +374,10 @@ struct qk_image {
     uint32_t nb_bitmaps;
     int bitmap_dir_error;
     char bitmap_dir_reason[256];
+    int bitmaps_in_use;    /* consistent bitmaps are marked in_use on disk */
+    int bitmaps_changed;   /* the directory must be stored on close */
+    struct qk_bitmap *removed; /* removed this session: freed after the store */
+    uint32_t nb_removed;
 
     /* backing chain */
     qk_image *backing;

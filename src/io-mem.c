@@ -16,6 +16,7 @@ struct io_mem {
     qk_io base;
     uint8_t *data;
     size_t len;
+    uint64_t max;    /* the buffer never grows past this */
 };
 
 static int mem_pread(qk_io *io, void *buf, size_t len, uint64_t off)
@@ -31,7 +32,7 @@ static int mem_pread(qk_io *io, void *buf, size_t len, uint64_t off)
 
 static int mem_grow(struct io_mem *m, uint64_t size)
 {
-    if (size > MEM_MAX)
+    if (size > m->max)
         return -EFBIG;
     if (size <= m->len)
         return 0;
@@ -47,7 +48,7 @@ static int mem_grow(struct io_mem *m, uint64_t size)
 static int mem_pwrite(qk_io *io, const void *buf, size_t len, uint64_t off)
 {
     struct io_mem *m = (struct io_mem *)io;
-    if (off > MEM_MAX || len > MEM_MAX - off)
+    if (off > m->max || len > m->max - off)
         return -EFBIG;
     int r = mem_grow(m, off + len);
     if (r < 0)
@@ -124,12 +125,18 @@ static const struct qk_io_ops mem_ops = {
 
 int io_mem_new(qk_io **out, const void *data, size_t len)
 {
+    return io_mem_new_limited(out, data, len, MEM_MAX);
+}
+
+int io_mem_new_limited(qk_io **out, const void *data, size_t len, uint64_t max)
+{
     struct io_mem *m = calloc(1, sizeof *m);
     if (!m)
         return -ENOMEM;
     m->base.ops = &mem_ops;
+    m->max = max > MEM_MAX ? MEM_MAX : max;
     if (len) {
-        if (len > MEM_MAX || !(m->data = malloc(len))) {
+        if (len > m->max || !(m->data = malloc(len))) {
             free(m);
             return -ENOMEM;
         }

@@ -16,6 +16,7 @@
 struct io_posix {
     qk_io base;
     int fd;
+    int nosync;
 };
 
 static int posix_pread(qk_io *io, void *buf, size_t len, uint64_t off)
@@ -65,6 +66,8 @@ static int posix_pwrite(qk_io *io, const void *buf, size_t len, uint64_t off)
 static int posix_flush(qk_io *io)
 {
     struct io_posix *p = (struct io_posix *)io;
+    if (p->nosync)
+        return 0;
     return fdatasync(p->fd) < 0 ? -errno : 0;
 }
 
@@ -195,6 +198,7 @@ int io_posix_open(qk_io **out, const char *path, int mode, int create)
     }
     p->base.ops = &posix_ops;
     p->fd = fd;
+    p->nosync = (mode & QK_IO_NOSYNC) != 0;
     *out = &p->base;
     return 0;
 }

@@ -44,10 +44,13 @@ struct qk_io {
 
 /* io-posix.c */
 #define QK_IO_WRITE 1
+#define QK_IO_NOSYNC 2   /* flush does nothing */
 int io_posix_open(qk_io **out, const char *path, int mode, int create);
 
-/* io-mem.c: a private copy of DATA (may be NULL/0). */
+/* io-mem.c: a private copy of DATA (may be NULL/0), growing up to 1 GiB,
+ * or up to MAX bytes. */
 int io_mem_new(qk_io **out, const void *data, size_t len);
+int io_mem_new_limited(qk_io **out, const void *data, size_t len, uint64_t max);
 const uint8_t *io_mem_data(qk_io *io, size_t *len);
 
 /* io-fault.c: fail the Nth operation of a kind; record writes and flushes. */

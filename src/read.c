@@ -18,10 +18,12 @@
 #include "checked.h"
 #include "internal.h"
 
-static int read_compressed(qk_image *img, const struct qk_map *m, uint64_t in_cluster,
+static int read_compressed(qk_image *img, struct qk_map *m, uint64_t in_cluster,
                            uint8_t *buf, uint64_t n)
 {
     int r;
+    if ((r = compressed_check(img, m)) < 0)
+        return r;
     if (!img->cbuf) {
         img->cbuf = malloc(img->cluster_size);
         img->zbuf = malloc((size_t)img->cluster_size * 2);
@@ -147,6 +149,21 @@ static int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e)
         if (!img->backing || off >= img->backing->size)
             e->flags |= QK_BS_ZERO;
         break;
+    }
+    if (m.type == CT_NORMAL) {
+        if (!img->prealloc_checked) {
+            img->meta_prealloc = refcount_detect_metadata_prealloc(img);
+            img->prealloc_checked = 1;
+        }
+        /* Like QEMU's BDRV_BLOCK_RECURSE: holes in the file read as zeros. */
+        int is_data;
+        uint64_t run;
+        if (img->meta_prealloc &&
+            img->data_io->ops->data_status(img->data_io, e->host_offset, e->length, &is_data, &run) == 0) {
+            e->length = run;
+            if (!is_data)
+                e->flags |= QK_BS_ZERO;
+        }
     }
     return 0;
 }

@@ -28,6 +28,9 @@
 #include "internal.h"
 
 #define REFCOUNT_CACHE_BYTES (1u << 20)
+/* An allocation retries after making refcount blocks; a sane image needs a
+ * few rounds, a hostile one could loop: it gets this many. */
+#define ALLOC_RETRIES 64
 
 static uint64_t rc_max(const qk_image *img)
 {
@@ -83,6 +86,31 @@ int refcount_open(qk_image *img)
     if ((r = cache_new(&img->rb_cache, img->io, img->cluster_size, nb < 4 ? 4 : nb)) < 0)
         return qk_set_error(img, r, "Out of memory for the refcount cache");
     return 0;
+}
+
+int refcount_ensure(qk_image *img)
+{
+    return img->reftable ? 0 : refcount_open(img);
+}
+
+/* QEMU's qcow2_detect_metadata_preallocation: more clusters in use than the
+ * host has allocated (with slack) means the image was made with
+ * preallocation=metadata, and block status then asks the file for holes. */
+int refcount_detect_metadata_prealloc(qk_image *img)
+{
+    uint64_t real, count = 0;
+    if (refcount_ensure(img) < 0 || img->io->ops->allocated_size(img->io, &real) < 0)
+        return 0;
+    uint64_t real_clusters = real / img->cluster_size;
+    uint64_t threshold = max_u64(real_clusters * 10 / 9, real_clusters + 2);
+    uint64_t end = div_round_up(img->file_size, img->cluster_size);
+    for (uint64_t c = 0; c < end && count <= threshold; c++) {
+        uint64_t v;
+        if (refcount_get(img, c, &v) < 0)
+            return 0;
+        count += v != 0;
+    }
+    return count > threshold;
 }
 
 void refcount_close(qk_image *img)
@@ -170,7 +198,9 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
 {
     uint64_t boff;
     int r;
-    for (;;) {
+    for (int tries = 0;; tries++) {
+        if (tries > ALLOC_RETRIES)
+            return QK_CORRUPT(img, "Could not allocate a refcount block: the refcounts are inconsistent");
         if (i >= img->reftable_entries) {
             if ((r = grow_reftable(img, i)) < 0)
                 return r;
@@ -198,6 +228,8 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
         }
         uint8_t *b;
         uint64_t new_off = c << img->cluster_bits;
+        if ((r = overlap_check(img, new_off, img->cluster_size)) < 0)
+            return r;
         note_file_end(img, new_off + img->cluster_size);
         if ((r = cache_get_empty(img->rb_cache, new_off, &b)) < 0)
             return qk_set_error(img, r, "Could not allocate a refcount block: %s", qk_strerror(r));
@@ -257,7 +289,9 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
 
 int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset)
 {
-    for (;;) {
+    for (int tries = 0;; tries++) {
+        if (tries > ALLOC_RETRIES)
+            return QK_CORRUPT(img, "Could not allocate clusters: the refcounts are inconsistent");
         uint64_t start;
         int r = find_free(img, n, &start);
         if (r < 0)
@@ -318,6 +352,8 @@ static int grow_reftable(qk_image *img, uint64_t min_index)
             return qk_set_error(img, QK_E_TOO_LARGE, "Could not place a new refcount table");
     }
     uint64_t tclusters = entries / per_cluster;
+    if ((r = overlap_check(img, start << img->cluster_bits, (tclusters + extra) << img->cluster_bits)) < 0)
+        return r;
     uint64_t *table = calloc(entries, 8);
     if (!table)
         return qk_set_error(img, -ENOMEM, "Out of memory for the refcount table");

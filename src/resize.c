@@ -123,6 +123,8 @@ QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags)
     if (size < img->size && img->nb_snapshots)
         return qk_set_error(img, QK_E_UNSUPPORTED,
                             "qcow2 doesn't support shrinking images with snapshots");
+    if (size != img->size && (r = bitmap_resize_all(img, size)) < 0)
+        return r;
     uint64_t per_l2 = (uint64_t)img->l2_entries * img->cluster_size;
     uint64_t l1_needed = div_round_up(size, per_l2);
     if (l1_needed > MAX_L1_BYTES / 8)

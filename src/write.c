@@ -126,7 +126,9 @@ static int write_cluster(qk_image *img, uint64_t cstart, uint64_t a, uint64_t n,
     uint8_t *buf = malloc(mlen);
     if (!buf)
         return qk_set_error(img, -ENOMEM, "Out of memory");
-    if ((r = guest_view(img, buf, cstart + (uint64_t)m0 * unit, mlen)) < 0)
+    /* The old contents are needed only where the write does not cover. */
+    if ((a != (uint64_t)m0 * unit || n != mlen) &&
+        (r = guest_view(img, buf, cstart + (uint64_t)m0 * unit, mlen)) < 0)
         goto out;
     if (data)
         memcpy(buf + (a - (uint64_t)m0 * unit), data, n);
@@ -184,10 +186,58 @@ static int check_writable(qk_image *img, uint64_t len, uint64_t offset)
     return 0;
 }
 
+/* Fast path for large writes: whole clusters that are unallocated in one
+ * L2 table get one contiguous allocation and one data write. Returns the
+ * bytes written (0 when the path does not apply). */
+static int64_t write_fresh_run(qk_image *img, const uint8_t *data, uint64_t len, uint64_t offset)
+{
+    uint64_t cs = img->cluster_size;
+    if (!data || (offset & (cs - 1)) || len < 2 * cs || has_data_file(img))
+        return 0;
+    uint64_t table_end = (offset / ((uint64_t)img->l2_entries * cs) + 1) * img->l2_entries * cs;
+    uint64_t max = min_u64(len, table_end - offset) / cs, n = 0;
+    struct l2_slot slot;
+    int r;
+    while (n < max) {
+        if ((r = l2_entry_get(img, offset + n * cs, &slot)) < 0)
+            return r;
+        if (slot.entry || slot.bitmap)
+            break;
+        n++;
+    }
+    if (n < 2)
+        return 0;
+    uint64_t host;
+    if ((r = image_mark_dirty(img)) < 0 || (r = refcount_alloc(img, n, &host)) < 0)
+        return r;
+    if ((r = l2_entry_get(img, offset, &slot)) < 0 || (r = l2_prepare_write(img, &slot)) < 0)
+        return r;
+    if ((r = overlap_check(img, host, n * cs)) < 0)
+        return r;
+    if ((r = io_pwrite(img->io, data, n * cs, host)) < 0)
+        return qk_set_error(img, r, "Write failed: %s", qk_strerror(r));
+    uint64_t bm = img->extl2 ? SUB_ALLOC_ALL : 0;
+    for (uint64_t i = 0; i < n; i++) {
+        slot.l2_index = (uint32_t)(((offset >> img->cluster_bits) + i) % img->l2_entries);
+        if ((r = l2_entry_set(img, &slot, (host + i * cs) | OFLAG_COPIED, bm, 1, 1)) < 0)
+            return r;
+    }
+    return (int64_t)(n * cs);
+}
+
 static int write_range(qk_image *img, const uint8_t *data, uint64_t len, uint64_t offset)
 {
     uint64_t cs = img->cluster_size;
     while (len > 0) {
+        int64_t done = write_fresh_run(img, data, len, offset);
+        if (done < 0)
+            return (int)done;
+        if (done > 0) {
+            data += done;
+            offset += (uint64_t)done;
+            len -= (uint64_t)done;
+            continue;
+        }
         uint64_t cstart = offset & ~(cs - 1), a = offset - cstart;
         uint64_t n = min_u64(len, cs - a);
         int r = write_cluster(img, cstart, a, n, data);
@@ -205,6 +255,8 @@ QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offs
 {
     int r = check_writable(img, len, offset);
     if (r < 0)
+        return r;
+    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = io_pwrite(img->io, buf, len, offset);
@@ -268,6 +320,8 @@ QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsign
     int r = check_writable(img, len, offset);
     if (r < 0)
         return r;
+    if ((r = bitmap_track_write(img, offset, len)) < 0)
+        return r;
     if (img->fmt == QK_FMT_RAW || img->hdr.version < 3 || has_data_file(img)) {
         if (img->fmt == QK_FMT_RAW) {
             uint8_t *z = calloc(1, (size_t)min_u64(len, 1u << 20));
@@ -314,6 +368,8 @@ QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset)
 {
     int r = check_writable(img, len, offset);
     if (r < 0)
+        return r;
+    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = img->io->ops->punch_hole(img->io, offset, len);
@@ -424,6 +480,8 @@ QK_API int qk_pwrite_compressed_data(qk_image *img, const void *data, size_t len
         return qk_set_error(img, -EINVAL, "Compressed writes must be cluster aligned");
     if (len == 0 || len >= cs)
         return qk_set_error(img, -EINVAL, "Compressed data must be smaller than a cluster");
+    if ((r = bitmap_track_write(img, offset, min_u64(cs, img->size - offset))) < 0)
+        return r;
     struct l2_slot slot;
     if ((r = l2_entry_get(img, offset, &slot)) < 0)
         return r;

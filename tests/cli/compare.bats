@@ -75,6 +75,25 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
     same_img compare -s a.qcow2 b.qcow2
 }
 
+@test "compare -s: an extent that reaches the end differs from one that does not" {
+    mk a.qcow2 4M; wr a.qcow2 'write -P 1 0 1M' 'write -z 2M 64k'
+    qemu-img convert -O qcow2 a.qcow2 flat.qcow2
+    same_img compare -s a.qcow2 flat.qcow2
+    [[ $k_out == "Strict mode: Offset 1048576 block status mismatch!" ]]
+}
+
+@test "compare -s: compressed against uncompressed" {
+    mk a.qcow2 1M; wr a.qcow2 'write -P 1 0 256k'
+    qemu-img convert -c -O qcow2 a.qcow2 c.qcow2
+    same_img compare -s a.qcow2 c.qcow2
+}
+
+@test "compare -s: backing chain against its base" {
+    mk base.qcow2 2M; wr base.qcow2 'write -P 1 0 1M'
+    mk top.qcow2 -b base.qcow2 -F qcow2
+    same_img compare -s top.qcow2 base.qcow2
+}
+
 @test "compare: different sizes, the extra part is zero" {
     mk a.qcow2 1M; mk b.qcow2 2M
     same_img compare a.qcow2 b.qcow2
@@ -172,4 +191,13 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
 
 @test "compare: unknown option is a usage error" {
     same_img compare -x a b
+}
+
+@test "compare: a read error exits 4" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -c -P 0x55 0 64k'
+    corrupt_first_compressed a.qcow2
+    same_img compare a.qcow2 a.qcow2 || true
+    [[ $k_rc == 4 && $q_rc == 4 ]]
+    [[ ${k_err%%$'\n'*} == "$q_err" ]]
 }

@@ -160,10 +160,89 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
     [[ -z $k_out ]]
 }
 
-@test "convert -O qcow2: not supported yet" {
+# same_qcow2 SRC [OPTIONS...]: `qcowkit convert -O qcow2 OPTIONS SRC` makes an
+# image with SRC's contents that passes qemu-img check.
+same_qcow2() {
+    local src=$1
+    shift
+    rm -f out.qcow2
+    run "$QCOWKIT" convert -O qcow2 "$@" "$src" out.qcow2
+    [[ $status -eq 0 && -z $output ]] || { echo "qcowkit convert failed: $output" >&2; return 1; }
+    qemu-img check -q out.qcow2
+    run qemu-img compare "$src" out.qcow2
+    [[ $status -eq 0 ]] || { echo "$output" >&2; return 1; }
+    [[ $(qemu-img info --output=json out.qcow2 | jq -r '."virtual-size"') == \
+       $(qemu-img info --output=json "$src" | jq -r '."virtual-size"') ]]
+}
+
+@test "convert -O qcow2: half-allocated image with a backing file, flattened" {
+    mk base.qcow2 8M
+    wr base.qcow2 'write -P 0x11 0 2M' 'write -P 0x12 5M 1M'
+    mk top.qcow2 -b base.qcow2 -F qcow2
+    wr top.qcow2 'write -P 0x13 1M 64k' 'write -z 5M 64k'
+    same_qcow2 top.qcow2
+    [[ $(qemu-img info --output=json out.qcow2 | jq -r '."backing-filename" // "none"') == none ]]
+}
+
+@test "convert -O qcow2: zero data is not allocated" {
+    mk a.qcow2 4M
+    wr a.qcow2 'write -P 0 0 1M' 'write -P 1 2M 64k'
+    same_qcow2 a.qcow2
+    run qemu-img map --output=json out.qcow2
+    [[ $(jq '[.[] | select(.data) | .length] | add' <<<"$output") == 65536 ]]
+}
+
+@test "convert -O qcow2: from raw, with a size not a multiple of the cluster size" {
+    head -c 100k /dev/urandom > a.raw
+    truncate -s 1000448 a.raw
+    same_qcow2 a.raw
+}
+
+@test "convert -O qcow2: source with small clusters and subclusters" {
+    mk a.qcow2 -o cluster_size=512 1M
+    wr a.qcow2 'write -P 0x7a 1000 100000'
+    same_qcow2 a.qcow2 -m 4
+    mk b.qcow2 -o extended_l2=on,cluster_size=128k 3M
+    wr b.qcow2 'write -P 0x55 4k 4k' 'write -P 0x66 1M 12345'
+    same_qcow2 b.qcow2
+}
+
+@test "convert -O qcow2 -c: compressed clusters" {
+    mk a.qcow2 4M
+    wr a.qcow2 'write -P 0x21 0 1M' 'write -P 0x22 2M 100k'
+    same_qcow2 a.qcow2 -c
+    run qemu-img check --output=json out.qcow2
+    (( $(jq '."compressed-clusters"' <<<"$output") == 18 ))
+}
+
+@test "convert -O qcow2 -c: incompressible clusters are stored plain" {
+    head -c 256k /dev/urandom > a.raw
+    same_qcow2 a.raw -c
+    run qemu-img check --output=json out.qcow2
+    [[ $(jq '."compressed-clusters" // 0' <<<"$output") == 0 ]]
+}
+
+@test "convert -O qcow2 -c: the last cluster of a disk that ends mid-cluster" {
+    head -c 100k /dev/zero | tr '\0' 'q' > a.raw
+    truncate -s 99840 a.raw
+    same_qcow2 a.raw -c
+}
+
+@test "convert -O qcow2 -c: one thread and many threads give the same contents" {
+    mk a.qcow2 16M
+    for i in 1 5 9 13; do wr a.qcow2 "write -P $i ${i}M 1536k"; done
+    same_qcow2 a.qcow2 -c -m 1
+    same_qcow2 a.qcow2 -c -m 16
+}
+
+@test "convert -c -O raw: compression needs a format that has it" {
     mk a.qcow2 1M
-    run "$QCOWKIT" convert -O qcow2 a.qcow2 out.qcow2
-    [[ $status == 1 && $output == *"not supported yet"* ]]
+    same_img convert -c -O raw a.qcow2 out.raw
+}
+
+@test "convert -O qcow2: output cannot be created" {
+    mk a.qcow2 1M
+    same_img convert -O qcow2 a.qcow2 nosuchdir/out.qcow2
 }
 
 @test "convert: unknown output format" {
@@ -205,4 +284,13 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
 @test "convert: unknown option and missing argument" {
     same_img convert -x a b
     same_img convert -O
+}
+
+@test "convert: a cluster that cannot be read is an I/O error" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -c -P 0x55 0 64k'
+    corrupt_first_compressed a.qcow2
+    same_img convert -O raw a.qcow2 out.raw || true
+    [[ $k_rc == 1 && $q_rc == 1 ]]
+    [[ ${k_err%%$'\n'*} == "$q_err" ]]
 }

@@ -130,6 +130,11 @@ setup() {
     same_io -r -c 'read -P 0xab 0 64k' a.qcow2
 }
 
+@test "io: -U needs -r" {
+    same_io -U -c 'read 0 1' a.qcow2
+    same_io -r -U -c 'read 0 1' a.qcow2
+}
+
 @test "io: -f raw reads the file itself" {
     same_io -f raw -c 'read -v 0 16' a.qcow2
 }
@@ -159,4 +164,91 @@ setup() {
     [[ $output == *"read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset"* ]]
     run "$QCOWKIT" io -c 'help read' a.qcow2
     [[ ${lines[0]} == "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset" ]]
+}
+
+@test "io: a read error prints qemu-io's message" {
+    qemu-img convert -c -O qcow2 a.qcow2 c.qcow2
+    corrupt_first_compressed c.qcow2
+    same_io -c 'read 0 4k' -c 'read -P 0x41 64k 16' c.qcow2 || true
+    [[ $k_out == "$q_out" && $k_rc == 1 ]]
+}
+
+@test "io: write with the default pattern and -P" {
+    same_io_write a.qcow2 -c 'write 128k 4k' -c 'write -P 0x11 1000 100k' -c 'read -P 0xcd 128k 4k'
+}
+
+@test "io: write -z and -z -u" {
+    same_io_write a.qcow2 -c 'write -z 0 4k' -c 'write -z -u 0 64k' -c 'write -z 200k 128k' -c 'map'
+}
+
+@test "io: write -c compresses whole clusters" {
+    same_io_write a.qcow2 -c 'write -c 128k 64k' -c 'write -c 256k 128k' -c 'read -P 0xcd 128k 64k'
+}
+
+@test "io: write -c refuses partial clusters and unaligned requests" {
+    same_io_write a.qcow2 -c 'write -c 192k 4k' -c 'write -c 1000 64k' -c 'write -c 0 1000'
+}
+
+@test "io: write option conflicts" {
+    same_io_write a.qcow2 -c 'write -u 0 1' -c 'write -n 0 1' -c 'write -n -u 0 1' -c 'write -z -P 1 0 1' \
+        -c 'write -z -s x 0 1' -c 'write -f -c 0 1' -c 'write 0 3G'
+}
+
+@test "io: write -f, -q, -C" {
+    same_io_write a.qcow2 -c 'write -f 0 1' -c 'write -q 1 1' -c 'write -C 2 1'
+}
+
+@test "io: write -s fills from a file, repeating it" {
+    printf 'hello, qcow2' > pat
+    same_io_write a.qcow2 -c 'write -s pat 4k 1000' -c 'read -v 4k 48'
+}
+
+@test "io: write -s with an empty or missing file" {
+    : > empty
+    same_io_write a.qcow2 -c 'write -s empty 0 1'
+    same_io_write a.qcow2 -c 'write -s nosuch 0 1'
+}
+
+@test "io: write past the end fails" {
+    same_io_write a.qcow2 -c 'write 1M 1' -c 'write 1000k 64k' -c 'write -z -n 0 3G'
+}
+
+@test "io: discard" {
+    same_io_write a.qcow2 -c 'discard 0 64k' -c 'discard -q 64k 1' -c 'discard -C 0 4k' -c 'map' -c 'read -v 64k 16'
+}
+
+@test "io: discard past the end fails" {
+    same_io_write a.qcow2 -c 'discard 1M 1' -c 'discard 0 3G'
+}
+
+@test "io: flush prints nothing" {
+    same_io_write a.qcow2 -c 'write 0 4k' -c 'flush'
+}
+
+@test "io: map merges runs of the same allocation" {
+    same_io_write a.qcow2 -c 'write 192k 64k' -c 'write -z 256k 64k' -c 'map'
+}
+
+@test "io: map shows only this layer of a chain" {
+    qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 top.qcow2
+    qemu-io -c 'write 512k 64k' top.qcow2 >/dev/null
+    same_io -c 'map' top.qcow2
+}
+
+@test "io: length" {
+    same_io -c 'length' -c 'l' a.qcow2
+}
+
+@test "io: short names of commands" {
+    same_io_write a.qcow2 -c 'w 0 1' -c 'd 64k 64k' -c 'f' -c 'r -v 0 2'
+}
+
+@test "io: -r refuses writes and discards but allows flush and map" {
+    same_io -r -c 'write 0 1' -c 'discard 0 1' -c 'flush' -c 'map' a.qcow2
+    [[ $k_rc == 1 ]]
+}
+
+@test "io: writes through a backing chain copy on write" {
+    qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 top.qcow2
+    same_io_write top.qcow2 -c 'write -P 0x22 4k 512' -c 'read -v 0 16' -c 'read -P 0x22 4k 512' -c 'map'
 }

@@ -89,3 +89,38 @@ same_convert() {
 allocated_kib() {
     du -k "$1" | cut -f1
 }
+
+# be64 FILE OFFSET: the big-endian u64 at OFFSET of FILE (as bash's signed
+# 64-bit arithmetic holds it).
+be64() {
+    echo $(( 16#$(od -An -tx1 -j "$2" -N8 "$1" | tr -d ' \n') ))
+}
+
+# corrupt_first_compressed IMG: overwrite the start of the compressed data
+# of guest cluster 0 (64 KiB clusters) with 0xff bytes, so it cannot inflate.
+corrupt_first_compressed() {
+    local img=$1 l1 l2 e off
+    l1=$(be64 "$img" 40)
+    l2=$(( $(be64 "$img" "$l1") & 0x00fffffffffffe00 ))
+    e=$(be64 "$img" "$l2")
+    (( (e >> 62) & 1 )) || { echo "guest cluster 0 of $img is not compressed" >&2; return 1; }
+    off=$(( e & ((1 << 54) - 1) ))
+    head -c 64 /dev/zero | tr '\0' '\377' | dd of="$img" bs=1 seek="$off" conv=notrunc status=none
+}
+
+# same_io_write IMG ARGS...: run `qemu-io ARGS` on a copy of IMG and
+# `qcowkit io ARGS` on another copy; they must print the same (as same_io)
+# and leave images with the same guest contents, the qcowkit one passing
+# `qemu-img check`. The copies stay as q-IMG and k-IMG.
+same_io_write() {
+    local img=$1
+    shift
+    cp "$img" "q-$img"
+    cp "$img" "k-$img"
+    _run_pair qemu-io "$@" "q-$img" -- "$QCOWKIT" io "$@" "k-$img"
+    k_out=${k_out//k-$img/q-$img}
+    k_err=${k_err//k-$img/q-$img}
+    _assert_pair
+    qemu-img compare "q-$img" "k-$img" >/dev/null || { echo "contents differ" >&2; return 1; }
+    qemu-img check -q "k-$img" || { echo "qemu-img check failed on k-$img" >&2; return 1; }
+}
