@@ -196,6 +196,37 @@ chk_convert_raw() {
     rm -f "$out"
 }
 
+teardown() {
+    if [[ -n "${HOLDER:-}" ]]; then kill "$HOLDER" 2>/dev/null || true; fi
+}
+
+@test "while qemu-io holds an image read-write: commands fail like qemu-img, -U (force-share) works" {
+    T="$BATS_TEST_TMPDIR"
+    cd "$T"
+    cp "$CORPUS/v3-c64k.qcow2" held.qcow2
+    qemu-io -c 'sleep 60000' held.qcow2 >/dev/null 2>&1 3>&- &
+    HOLDER=$!
+    local i
+    for i in $(seq 100); do
+        qemu-img info held.qcow2 >/dev/null 2>&1 || break
+        sleep 0.1
+    done
+    run qemu-img info held.qcow2
+    [[ $status == 1 && "$output" == *'Failed to get shared "write" lock'* ]] # the holder is there
+    local bad=0
+    run_both info info held.qcow2 && same_text info || bad=1
+    run_both mapj map --output=json held.qcow2 && same_text mapj || bad=1
+    run_both conv convert -O raw held.qcow2 out.raw && same_text conv || bad=1
+    run_both cmp compare held.qcow2 "$CORPUS/v3-c64k.qcow2" && same_text cmp || bad=1
+    run_both infou info -U held.qcow2 && same_text infou || bad=1
+    run_both mapu map -U --output=json held.qcow2 && same_json mapu || bad=1
+    run_both cmpu compare -U held.qcow2 "$CORPUS/v3-c64k.qcow2" && same_text cmpu || bad=1
+    kill "$HOLDER"
+    wait "$HOLDER" 2>/dev/null || true
+    HOLDER=
+    ((bad == 0))
+}
+
 # compare: exit code and message must equal qemu-img's.
 @test "compare agrees with qemu-img on identical, different and different-size pairs" {
     local T="$BATS_TEST_TMPDIR" pairs a b opt i=0 bad=0
