@@ -13,7 +13,8 @@
 # Every image is read-only for the tests: copy it before writing to it.
 # Guest data comes from qemu-io patterns and from DIR/src/mixed.raw (random, repetitive, text and
 # zero stretches), so compressed images hold both compressible and incompressible clusters.
-# Needs: qemu-img, qemu-io, dd, flock. Builds in a few seconds; about 60 MiB on disk (sparse).
+# Needs: qemu-img, qemu-io, dd, flock, md5sum. Builds in a few seconds; about 90 MiB on disk, most of
+# it in the four 2 MiB-cluster images (the others are a few MiB or less).
 
 _corpus_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../cli/helpers.bash
@@ -50,7 +51,7 @@ _add() { # PATH TAGS
 }
 
 # The common scribble: data in several clusters, a partial cluster, zeroes and a discard, sized for
-# 4 MiB images. ZOPT is "-z" for images where zero writes are wanted.
+# 4 MiB images. (v2 images have no zero flag: qemu writes zeroes or deallocates there.)
 _scribble() { # IMG
     _qio -c 'write -P 0xa1 0 1M' -c 'write -P 0xa2 1572864 100000' \
         -c 'write -P 0xa3 3000000 7000' -c 'write -P 0xa4 4193792 512' \
