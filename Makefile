@@ -69,7 +69,8 @@ $(B)/cli/%.o: cli/%.c $(wildcard cli/*.h) include/qcowkit.h
 
 $(STATIC): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "  AR      $@"
+	@ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJ) src/libqcowkit.map
 	@echo "  LD      $@"

@@ -52,6 +52,7 @@ typedef struct conv {
     unsigned open_flags;
     int fd;                   /* raw DST */
     qk_image *out;            /* qcow2 DST, used under out_lock only */
+    qk_image *hold;           /* raw DST: holds QEMU's locks on it */
     pthread_mutex_t out_lock;
     int compress;             /* -c: compressed clusters */
     uint64_t align;           /* chunk alignment: 1, or DST's cluster size */
@@ -389,16 +390,35 @@ out:
     return rc;
 }
 
-/* A new sparse raw file of the virtual size. */
+/* A new sparse raw file of the virtual size, made by the library so that it
+ * takes QEMU's locks first (converting a file onto itself, or onto an image
+ * a VM uses, fails like qemu-img's "Failed to get "write" lock"); a handle
+ * keeps the locks while the workers write through a plain descriptor. */
 static int create_raw(conv *c)
 {
-    c->fd = open(c->dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (c->fd < 0) {
-        cli_error("%s: error while converting raw: Could not create '%s': %s", c->dst, c->dst, strerror(errno));
+    qk_create_opts o = QK_CREATE_OPTS_INIT;
+    qk_image *tmp = NULL;
+    int rc;
+
+    o.format = QK_FMT_RAW;
+    o.size = c->size;
+    if ((rc = qk_image_new(&tmp)) == 0)
+        rc = qk_create(tmp, c->dst, &o);
+    if (rc < 0) {
+        cli_error("%s: error while converting raw: %s", c->dst, cli_errstr(tmp, rc));
+        qk_close(tmp);
         return -1;
     }
-    if (ftruncate(c->fd, (off_t)c->size) < 0) {
-        cli_error("%s: error while converting raw: Could not resize file: %s", c->dst, strerror(errno));
+    qk_close(tmp);
+    if ((rc = qk_image_new(&c->hold)) == 0)
+        rc = qk_open(c->hold, c->dst, QK_OPEN_RDWR | QK_OPEN_UNSAFE | QK_OPEN_FMT_RAW);
+    if (rc < 0) {
+        cli_error("Could not open '%s': %s", c->dst, cli_errstr(c->hold, rc));
+        return -1;
+    }
+    c->fd = open(c->dst, O_WRONLY | O_CLOEXEC);
+    if (c->fd < 0) {
+        cli_error("Could not open '%s': %s", c->dst, strerror(errno));
         return -1;
     }
     return 0;
@@ -458,7 +478,6 @@ int cmd_convert(int argc, char **argv)
     conv c;
     const char *out_fmt = "raw";
     int progress = 0, quiet = 0, nthreads = default_threads(), opt, rc = 1;
-    unsigned dummy = 0;
 
     memset(&c, 0, sizeof c);
     c.fd = -1;
@@ -507,10 +526,6 @@ int cmd_convert(int argc, char **argv)
         cli_error("Unknown file format '%s'", out_fmt);
         return 1;
     }
-    if (cli_format_flags(c.fmt, &dummy) < 0) {
-        cli_error("Could not open '%s': Unknown driver '%s'", c.src, c.fmt);
-        return 1;
-    }
     if (cli_open_image(&c.scan, c.src, c.fmt, c.open_flags) < 0)
         return 1;
     c.size = qk_size(c.scan);
@@ -541,6 +556,7 @@ out:
         cli_error("error while closing '%s': %s", c.dst, strerror(errno));
         rc = 1;
     }
+    qk_close(c.hold);
     if (c.out) {
         int r = qk_close(c.out);
         if (r < 0 && rc == 0) {

@@ -24,6 +24,7 @@
 
 #include "cli.h"
 #include "imgcommon.h"
+#include "util.h"
 #include "qcowkit.h"
 
 enum opt_type { T_STRING, T_BOOL, T_NUMBER, T_SIZE };
@@ -104,7 +105,8 @@ static void create_help(void)
            "  -o OPTIONS  comma-separated NAME=VALUE list; -o help lists them. qcow2:\n"
            "              compat=0.10|1.1, cluster_size, refcount_bits, lazy_refcounts,\n"
            "              compression_type=zlib|zstd, extended_l2, backing_file,\n"
-           "              backing_fmt, data_file, data_file_raw, size, preallocation=off\n"
+           "              backing_fmt, data_file, data_file_raw, size,\n"
+           "              preallocation=off|metadata|falloc|full (raw: off|falloc|full)\n"
            "  -b FILE     backing file (relative names are relative to FILE's folder)\n"
            "  -F FMT      format of the backing file (required with -b)\n"
            "  -u          do not open the backing file (SIZE is then required)\n"
@@ -196,7 +198,7 @@ static int parse_typed(const char *filename, const struct opt_desc *d, const cha
         cli_error("%s: Parameter '%s' expects a number", filename, d->name);
         return -1;
     case T_SIZE:
-        r = cli_strtosz(value, v);
+        r = cli_parse_size(value, v);   /* note: caps at INT64_MAX, qemu at 2^64-1 */
         if (!r)
             return 0;
         if (r == -ERANGE) {
@@ -450,6 +452,16 @@ static int is_driver(const char *s)
     return 0;
 }
 
+/* QK_PREALLOC_* of a preallocation= value (already checked), OFF for NULL. */
+static int prealloc_mode(const char *s)
+{
+    static const char *const names[] = { "off", "metadata", "falloc", "full" };
+    for (int i = 0; s && i < 4; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return QK_PREALLOC_OFF;
+}
+
 /* Step 4: QAPI enum checks, in BlockdevCreateOptionsQcow2 member order. */
 static int fill_qcow2_opts(struct create_args *a, qk_create_opts *o)
 {
@@ -481,7 +493,7 @@ static int fill_qcow2_opts(struct create_args *a, qk_create_opts *o)
     o->backing_fmt = bfmt;
     o->data_file = val_str(a, "data_file");
     o->data_file_raw = (int)val_num(a, "data_file_raw", 0);
-    o->preallocation = prealloc && strcmp(prealloc, "off");
+    o->preallocation = prealloc_mode(prealloc);
     return 0;
 }
 
@@ -495,16 +507,13 @@ static int run_create(struct create_args *a)
     o.no_backing_check = 1;  /* checked and sized above */
     if (!strcmp(a->fmt, "raw")) {
         const char *prealloc = val_str(a, "preallocation");
-        if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
+        if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "metadata") &&
+            strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
             cli_error("%s: invalid parameter value: %s", a->filename, prealloc);
             return 1;
         }
         o.format = QK_FMT_RAW;
-        o.preallocation = prealloc && strcmp(prealloc, "off");
-        if (o.preallocation) {
-            cli_error("%s: Preallocation is not supported yet", a->filename);
-            return 1;
-        }
+        o.preallocation = prealloc_mode(prealloc);
     } else if (fill_qcow2_opts(a, &o)) {
         return 1;
     }

@@ -1,11 +1,10 @@
 /*
  * imgcommon.c - qemu-img conventions shared by the image subcommands:
- * usage errors, --output, size parsing (qemu_strtosz/cvtnum), size printing
+ * usage errors, --output, qemu-img's cvtnum (on util.c's qemu_strtosz), size printing
  * (size_to_str) and opening an image with qemu-img's error text.
  */
 #include "imgcommon.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -14,6 +13,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "util.h"
 
 int cli_usage_error(const char *fmt, ...)
 {
@@ -49,93 +49,10 @@ int cli_parse_output(const char *arg, enum cli_output *out)
 
 /* ---- sizes -------------------------------------------------------------- */
 
-static uint64_t suffix_mul(char c)
-{
-    static const char units[] = "bkmgtpe";
-    const char *p = c ? strchr(units, tolower((unsigned char)c)) : NULL;
-    return p ? 1ull << (10 * (p - units)) : 0;
-}
-
-/* Leading digits of S in BASE as strtoull reads them (spaces and sign
- * allowed). Returns 0, -EINVAL when there are no digits, -ERANGE. */
-static int parse_u64(const char *s, int base, uint64_t *v, const char **end)
-{
-    char *e;
-    errno = 0;
-    unsigned long long r = strtoull(s, &e, base);
-    *end = e;
-    if (e == s)
-        return -EINVAL;
-    if (errno == ERANGE)
-        return -ERANGE;
-    *v = r;
-    return 0;
-}
-
-/* The fraction starting at F (which points at '.'): a value in [0,1) as a
- * 64-bit fixed-point number. Returns -1 if it uses an exponent. */
-static int parse_fraction(const char *f, uint64_t *valf, const char **end)
-{
-    char *e;
-    double d = strtod(f, &e);
-    if (e == f || !isfinite(d)) {
-        *end = f + 1;   /* "1.k": the dot alone */
-        return 0;
-    }
-    if (memchr(f, 'e', (size_t)(e - f)) || memchr(f, 'E', (size_t)(e - f)))
-        return -1;
-    *valf = (uint64_t)(d * 0x1p64);
-    *end = e;
-    return 0;
-}
-
-int cli_strtosz(const char *s, uint64_t *out)
-{
-    const char *end;
-    uint64_t val = 0, valf = 0, mul;
-    int r = parse_u64(s, 10, &val, &end);
-
-    if (r)
-        return r;
-    if (memchr(s, '-', (size_t)(end - s)))
-        return -EINVAL;
-    if (val == 0 && (*end == 'x' || *end == 'X')) {
-        if ((r = parse_u64(s, 16, &val, &end)))
-            return r;
-        if (*end == '.' || suffix_mul(*end))
-            return -EINVAL;
-    } else if (*end == '.') {
-        if (parse_fraction(end, &valf, &end))
-            return -EINVAL;
-    }
-    mul = suffix_mul(*end);
-    if (mul)
-        end++;
-    else
-        mul = 1;
-    if (*end)
-        return -EINVAL;
-    if (mul == 1) {
-        if (valf)
-            return -EINVAL;
-    } else {
-        /* val.valf (64.64 fixed point) * mul, rounding half up */
-        unsigned __int128 whole = (unsigned __int128)val * mul;
-        unsigned __int128 frac = (unsigned __int128)valf * mul;
-        whole += (uint64_t)(frac >> 64);
-        whole += ((uint64_t)frac) >> 63;
-        if (whole >> 64)
-            return -ERANGE;
-        val = (uint64_t)whole;
-    }
-    *out = val;
-    return 0;
-}
-
 int64_t cli_cvtnum(const char *name, const char *s)
 {
     uint64_t v;
-    int r = cli_strtosz(s, &v);
+    int r = cli_parse_size(s, &v);
     if (r == -EINVAL) {
         cli_error("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", name);
         cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");

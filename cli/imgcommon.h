@@ -26,12 +26,6 @@ int cli_bad_option(char **argv, int optind_after, int missing_arg);
  * qemu-img's message and return -1. */
 int cli_parse_output(const char *arg, enum cli_output *out);
 
-/* qemu_strtosz(): a byte count with an optional suffix (b, k, M, G, T, P, E,
- * any case; powers of 1024), decimal with an optional fraction when a
- * suffix > 1 is given, or 0x-prefixed hex without fraction or suffix.
- * Returns 0, -EINVAL (malformed) or -ERANGE (does not fit in 64 bits). */
-int cli_strtosz(const char *s, uint64_t *out);
-
 /* qemu-img's cvtnum(): parse S as a size in [0, INT64_MAX] and print
  * "Invalid NAME specified..." on failure. Returns the value or -1. */
 int64_t cli_cvtnum(const char *name, const char *s);

@@ -22,7 +22,7 @@
 #include "json.h"
 #include "qcowkit.h"
 
-#define MAX_CHAIN 256   /* images shown by one --backing-chain */
+#define MAX_CHAIN QK_MAX_BACKING_DEPTH   /* images shown by one --backing-chain */
 
 static void info_help(void)
 {
@@ -260,7 +260,7 @@ static int run_info(enum cli_output output, int chain, unsigned flags, const cha
             break;
         }
         if (n == MAX_CHAIN) {
-            cli_error("Backing chain of '%s' is longer than %d images", filename, MAX_CHAIN);
+            cli_error("Backing chain of '%s' is deeper than %d images", filename, MAX_CHAIN);
             rc = 1;
             break;
         }

@@ -1,7 +1,7 @@
 /*
  * io.c - `qcowkit io [-f FMT] [-r] [-U] [-c CMD]... IMG`: scriptable I/O with
  * qemu-io 7.2's command syntax and output (qemu-io-cmds.c) for read, write,
- * discard, flush, map, length, help and quit. Owns the command table,
+ * discard, flush, map, alloc, truncate, length, help and quit. Owns the command table,
  * qemu-io's line splitting, argument-count checks, statistics report and
  * hex dump.
  *
@@ -626,6 +626,79 @@ static int length_f(io_ctx *ctx, int argc, char **argv)
     return 0;
 }
 
+/* ---- alloc, truncate ---- */
+
+static int alloc_f(io_ctx *ctx, int argc, char **argv)
+{
+    int64_t start, count = 512, sum = 0;
+    uint64_t size = qk_size(ctx->img), off, remaining;
+    char s1[64];
+    int rc;
+
+    if ((rc = io_cvtnum(argv[1], &start)) < 0)
+        return rc;
+    if (argc == 3 && (rc = io_cvtnum(argv[2], &count)) < 0)
+        return rc;
+    off = (uint64_t)start;
+    remaining = (uint64_t)count;
+    while (remaining) {
+        uint64_t num = 0;
+        rc = off < size ? allocated_here(ctx, off, remaining < size - off ? remaining : size - off, &num) : 0;
+        if (rc < 0) {
+            printf("is_allocated failed: %s\n", cli_io_strerror(rc));
+            fflush(stdout);
+            cli_io_detail(ctx->img, rc);
+            return rc;
+        }
+        if (num == 0) { /* past the end: count what exists */
+            count -= (int64_t)remaining;
+            break;
+        }
+        if (rc)
+            sum += (int64_t)num;
+        off += num;
+        remaining -= num;
+    }
+    cvtstr((double)start, s1, sizeof s1);
+    printf("%lld/%lld bytes allocated at offset %s\n", (long long)sum, (long long)count, s1);
+    return 0;
+}
+
+static int truncate_f(io_ctx *ctx, int argc, char **argv)
+{
+    int64_t size;
+    int c, rc;
+
+    while ((c = getopt(argc, argv, "m:")) != -1) {
+        switch (c) {
+        case 'm':
+            if (strcmp(optarg, "off") != 0) {
+                cli_error("Preallocation mode '%s' is not supported", optarg);
+                return -ENOTSUP;
+            }
+            break;
+        default:
+            usage_of(find_cmd("truncate"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 1) {
+        usage_of(find_cmd("truncate"));
+        return -EINVAL;
+    }
+    if ((rc = io_cvtnum(argv[optind], &size)) < 0)
+        return rc;
+    if (size % 512) {
+        cli_error("The new size must be a multiple of 512");
+        return -EINVAL;
+    }
+    if ((rc = qk_resize(ctx->img, (uint64_t)size, QK_RESIZE_SHRINK)) < 0) {
+        cli_error("%s", cli_errstr(ctx->img, rc));
+        return rc;
+    }
+    return 0;
+}
+
 /* ---- the command table ---- */
 
 static int help_f(io_ctx *ctx, int argc, char **argv);
@@ -633,6 +706,7 @@ static int quit_f(io_ctx *ctx, int argc, char **argv);
 
 /* The command table, sorted by name as qemu-io lists it. */
 static const io_cmd commands[] = {
+    { "alloc", "a", alloc_f, 1, 2, 0, "offset [count]", "checks if offset is allocated in the file", NULL },
     { "discard", "d", discard_f, 2, -1, 1, "[-Cq] off len", "discards a number of bytes at a specified offset",
       discard_help },
     { "flush", "f", flush_f, 0, 0, 0, NULL, "flush all in-core file state to disk", NULL },
@@ -642,6 +716,8 @@ static const io_cmd commands[] = {
     { "quit", "q", quit_f, 0, 0, 0, NULL, "exit the program", NULL },
     { "read", "r", read_f, 2, -1, 0, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
       "reads a number of bytes at a specified offset", read_help },
+    { "truncate", "t", truncate_f, 1, 3, 1, "[-m prealloc_mode] off",
+      "truncates the current file at the given offset", NULL },
     { "write", "w", write_f, 2, -1, 1, "[-bcCfnquz] [-P pattern | -s source_file] off len",
       "writes a number of bytes at a specified offset", write_help },
 };
@@ -773,6 +849,55 @@ static void io_usage(FILE *f)
                "Run 'qcowkit io -c help IMG' for the commands.\n");
 }
 
+/* Open IMG for the session (qemu-io's "can't open device" wording). */
+static int open_device(io_ctx *ctx, const char *path, const char *fmt, unsigned flags)
+{
+    int rc;
+
+    if ((flags & QK_OPEN_FORCE_SHARE) && (flags & QK_OPEN_RDWR)) {
+        cli_error("can't open device %s: force-share=on can only be used with read-only images", path);
+        return -1;
+    }
+    if (cli_format_flags(fmt, &flags) < 0) {
+        cli_error("can't open device %s: Unknown driver '%s'", path, fmt);
+        return -1;
+    }
+    if ((rc = qk_image_new(&ctx->img)) == 0)
+        rc = qk_open(ctx->img, path, flags);
+    if (rc < 0) {
+        cli_error("can't open device %s: %s", path, cli_errstr(ctx->img, rc));
+        qk_close(ctx->img);
+        ctx->img = NULL;
+        return -1;
+    }
+    ctx->readonly = !(flags & QK_OPEN_RDWR);
+    return 0;
+}
+
+/* Commands from standard input, one a line, after a prompt. Returns the
+ * last failure (< 0) or 0. */
+static int run_stdin(io_ctx *ctx)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int last_error = 0;
+
+    while (!ctx->quit) {
+        printf("qcowkit> ");
+        fflush(stdout);
+        if ((n = getline(&line, &cap, stdin)) < 0)
+            break;
+        if (n > 0 && line[n - 1] == '\n')
+            line[n - 1] = '\0';
+        int rc = run_line(ctx, line);
+        if (rc < 0)
+            last_error = rc;
+    }
+    free(line);
+    return last_error;
+}
+
 int cmd_io(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -783,14 +908,13 @@ int cmd_io(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char **cmds = NULL, *fmt = NULL;
+    const char **cmds, *fmt = NULL;
     size_t ncmds = 0;
     unsigned flags = QK_OPEN_RDWR;
     io_ctx ctx = { 0 };
-    int c, last_error = 0;
+    int c, rc, last_error = 0;
 
-    cmds = calloc((size_t)argc, sizeof *cmds);
-    if (!cmds)
+    if (!(cmds = calloc((size_t)argc, sizeof *cmds)))
         return 1;
     while ((c = getopt_long(argc, argv, ":c:f:rUh", longopts, NULL)) != -1) {
         switch (c) {
@@ -806,54 +930,20 @@ int cmd_io(int argc, char **argv)
         free(cmds);
         return cli_usage_error("io: expecting one image file name");
     }
-    if ((flags & QK_OPEN_FORCE_SHARE) && (flags & QK_OPEN_RDWR)) {
-        cli_error("can't open device %s: force-share=on can only be used with read-only images", argv[optind]);
+    if (open_device(&ctx, argv[optind], fmt, flags) < 0) {
         free(cmds);
         return 1;
     }
-    if (cli_format_flags(fmt, &flags) < 0) {
-        cli_error("can't open device %s: Unknown driver '%s'", argv[optind], fmt);
-        free(cmds);
-        return 1;
-    }
-    {
-        int rc = qk_image_new(&ctx.img);
-        if (rc == 0)
-            rc = qk_open(ctx.img, argv[optind], flags);
-        if (rc < 0) {
-            cli_error("can't open device %s: %s", argv[optind], cli_errstr(ctx.img, rc));
-            qk_close(ctx.img);
-            free(cmds);
-            return 1;
-        }
-    }
-    ctx.readonly = !(flags & QK_OPEN_RDWR);
-
-    if (ncmds) {
-        for (size_t i = 0; i < ncmds && !ctx.quit; i++) {
-            int rc = run_line(&ctx, cmds[i]);
-            if (rc < 0)
-                last_error = rc;
-        }
-    } else {
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t n;
-        while (!ctx.quit) {
-            printf("qcowkit> ");
-            fflush(stdout);
-            if ((n = getline(&line, &cap, stdin)) < 0)
-                break;
-            if (n > 0 && line[n - 1] == '\n')
-                line[n - 1] = '\0';
-            int rc = run_line(&ctx, line);
-            if (rc < 0)
-                last_error = rc;
-        }
-        free(line);
-    }
+    if (ncmds == 0)
+        last_error = run_stdin(&ctx);
+    for (size_t i = 0; i < ncmds && !ctx.quit; i++)
+        if ((rc = run_line(&ctx, cmds[i])) < 0)
+            last_error = rc;
     free(cmds);
-    if (qk_close(ctx.img) < 0 && !last_error)
-        last_error = -EIO;
+    /* Closing flushes a writable image; say so if that fails. */
+    if ((rc = qk_close(ctx.img)) < 0) {
+        cli_error("%s", qk_strerror(rc));
+        last_error = rc;
+    }
     return last_error < 0 ? 1 : 0;
 }

@@ -79,6 +79,9 @@ enum qk_format {
 #define QK_OPEN_FMT_QCOW2    0x0100u /**< the file must be qcow2 (else QK_E_NOT_FORMAT) */
 #define QK_OPEN_FMT_RAW      0x0200u /**< treat the file as raw */
 
+/** The deepest backing chain qk_open() follows (deeper ones are refused). */
+#define QK_MAX_BACKING_DEPTH 128
+
 /** Allocate an unopened handle. */
 QK_API int qk_image_new(qk_image **out);
 

@@ -94,7 +94,10 @@ int backing_open(qk_image *img)
     b->parent = img;
     r = qk_open(b, img->backing_full, flags);
     if (r < 0) {
-        qk_set_error(img, r, "Could not open backing file: %s", qk_errmsg(b));
+        /* Say it once, however deep in the chain the failure was. */
+        static const char prefix[] = "Could not open backing file: ";
+        const char *m = qk_errmsg(b);
+        qk_set_error(img, r, "%s%s", strncmp(m, prefix, sizeof prefix - 1) ? prefix : "", m);
         qk_close(b);
         return r;
     }

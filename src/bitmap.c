@@ -37,7 +37,8 @@ void bitmap_free_all(qk_image *img)
 static void dir_error(qk_image *img, const char *msg)
 {
     img->bitmap_dir_error = 1;
-    snprintf(img->bitmap_dir_reason, sizeof img->bitmap_dir_reason, "%s", msg);
+    if (msg != img->bitmap_dir_reason)
+        snprintf(img->bitmap_dir_reason, sizeof img->bitmap_dir_reason, "%s", msg);
 }
 
 /* The exact table size QEMU requires for a bitmap of granularity 2^gb. */
@@ -143,6 +144,17 @@ int bitmap_load_directory(qk_image *img)
         dir_error(img, "bitmap directory is past the end of the file");
         return 0;
     }
+    /* Extension-level rules QEMU checks first make every bitmap inconsistent;
+     * the entries are still read so they can be listed and removed. */
+    const char *ext_reason = NULL;
+    if (e->reserved)
+        ext_reason = "bitmaps_ext: Reserved field is not zero";
+    else if (e->nb_bitmaps > MAX_BITMAPS) {
+        snprintf(img->bitmap_dir_reason, sizeof img->bitmap_dir_reason,
+                 "bitmaps_ext: Image has %u bitmaps, exceeding the QEMU supported maximum of %u",
+                 e->nb_bitmaps, MAX_BITMAPS);
+        ext_reason = img->bitmap_dir_reason;   /* lives as long as the image */
+    }
     uint8_t *dir = malloc(e->dir_size);
     if (!dir)
         return qk_set_error(img, -ENOMEM, "Out of memory reading the bitmap directory");
@@ -153,16 +165,16 @@ int bitmap_load_directory(qk_image *img)
         return 0;
     }
 
-    const char *all_reason = NULL;
+    const char *all_reason = ext_reason;
     uint64_t off = 0;
     uint32_t count = 0;
     while (off < e->dir_size) {
         if (e->dir_size - off < BME_FIXED_SIZE) {
-            all_reason = "Broken bitmap directory";
+            all_reason = all_reason ? all_reason : "Broken bitmap directory";
             break;
         }
         if (count >= e->nb_bitmaps || count >= MAX_BITMAPS) {
-            all_reason = "More bitmaps found than specified in header extension";
+            all_reason = all_reason ? all_reason : "More bitmaps found than specified in header extension";
             break;
         }
         const uint8_t *p = dir + off;
@@ -171,7 +183,7 @@ int bitmap_load_directory(qk_image *img)
         uint64_t len = BME_FIXED_SIZE + (uint64_t)extra + name_size;
         uint64_t padded = (len + 7) & ~7ull;
         if (padded > e->dir_size - off) {
-            all_reason = "Broken bitmap directory";
+            all_reason = all_reason ? all_reason : "Broken bitmap directory";
             break;
         }
         struct qk_bitmap *v = realloc(img->bitmaps, (count + 1) * sizeof *v);
@@ -211,10 +223,6 @@ int bitmap_load_directory(qk_image *img)
     free(dir);
     if (!all_reason && count < e->nb_bitmaps)
         all_reason = "Less bitmaps found than specified in header extension";
-    if (!all_reason && e->reserved)
-        all_reason = "bitmaps_ext: Reserved field is not zero";
-    if (!all_reason && e->nb_bitmaps > MAX_BITMAPS)
-        all_reason = "bitmaps_ext: Image has more than 65535 bitmaps";
     if (!all_reason && !(h->autoclear & AUTOCLEAR_BITMAPS))
         all_reason = "the bitmaps autoclear bit is clear: a program without bitmap support modified the image";
     if (!all_reason && h->version < 3)

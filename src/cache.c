@@ -259,10 +259,10 @@ int cache_get(struct qk_cache *c, uint64_t offset, const uint8_t **table)
     return r;
 }
 
-int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table)
+static int get_dirty(struct qk_cache *c, uint64_t offset, int read, uint8_t **table)
 {
     uint32_t s;
-    int r = get_slot(c, offset, 1, &s);
+    int r = get_slot(c, offset, read, &s);
     if (r == 0) {
         *table = slot_data(c, s);
         if (!c->slots[s].dirty) {
@@ -273,18 +273,14 @@ int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table)
     return r;
 }
 
+int cache_get_mut(struct qk_cache *c, uint64_t offset, uint8_t **table)
+{
+    return get_dirty(c, offset, 1, table);
+}
+
 int cache_get_empty(struct qk_cache *c, uint64_t offset, uint8_t **table)
 {
-    uint32_t s;
-    int r = get_slot(c, offset, 0, &s);
-    if (r == 0) {
-        *table = slot_data(c, s);
-        if (!c->slots[s].dirty) {
-            c->slots[s].dirty = 1;
-            c->nb_dirty++;
-        }
-    }
-    return r;
+    return get_dirty(c, offset, 0, table);
 }
 
 void cache_forget(struct qk_cache *c, uint64_t offset)

@@ -13,8 +13,15 @@
  *      cluster 2 = first refcount block; clusters 0..2 get refcount 1;
  *   4. the L1 table (size_to_l1(size) entries, exactly) is allocated first-fit
  *      after them and written as zeros;
- *   5. with data_file_raw, every L2 table is allocated in L1 order and maps
- *      guest offset = host offset (QEMU's metadata preallocation);
+ *   5. preallocation (data_file_raw implies metadata):
+ *      - metadata: QEMU's preallocate_co: per L2 table, the table and then
+ *        its data clusters (with a data file: guest offset = host offset in
+ *        that file), zeros over the rest of the last subcluster, and the
+ *        file made to reach the end of the data;
+ *      - falloc/full: refcount structures for the whole data area after the
+ *        last used cluster, the data area after them (fallocated or zeroed),
+ *        then the L2 tables first-fit (the first lands in the old refcount
+ *        table's cluster);
  *   6. the header is written last with every extension (header.c).
  *
  * Invariants:
@@ -24,7 +31,8 @@
  *     blocks than the first one, or a bigger refcount table (small clusters,
  *     big disks), come out where QEMU puts them.
  *  2. Only the byte ranges QEMU writes are written (the rest stays a hole),
- *     so the host allocation ("disk size") matches too.
+ *     so the host allocation ("disk size") matches too. The in-memory copy
+ *     holds only those ranges, so a preallocated data area costs no memory.
  *  3. No global state: everything lives in struct cr_file / struct cr_alloc.
  */
 #include <errno.h>
@@ -42,94 +50,120 @@
 
 /* ---- an in-memory file that remembers which ranges were written --------- */
 
-struct cr_range {
+/* The file is a sorted list of disjoint written segments, so that the data
+ * area of a preallocated image (never written here) takes no memory. */
+struct cr_seg {
     uint64_t off, len;
+    uint8_t *data;
 };
 
 struct cr_file {
-    uint8_t *data;
-    uint64_t len, cap;
-    struct cr_range *w;
-    size_t nw, capw;
+    struct cr_seg *seg;
+    size_t n, cap;
+    uint64_t end;        /* end of the last written byte */
+    uint64_t length;     /* final file length (>= end; set by a truncate) */
 };
 
-static int cr_reserve(struct cr_file *f, uint64_t end)
+/* Index of the first segment ending after OFF. */
+static size_t cr_find(const struct cr_file *f, uint64_t off)
 {
-    if (end <= f->cap) {
-        if (end > f->len)
-            f->len = end;
-        return 0;
+    size_t lo = 0, hi = f->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (f->seg[mid].off + f->seg[mid].len <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    uint64_t cap = f->cap ? f->cap : 1 << 20;
-    while (cap < end)
-        cap *= 2;
-    uint8_t *d = realloc(f->data, cap);
-    if (!d)
-        return -ENOMEM;
-    memset(d + f->cap, 0, cap - f->cap);
-    f->data = d;
-    f->cap = cap;
-    f->len = end;
-    return 0;
+    return lo;
 }
 
-/* Record [OFF, OFF+LEN) as written (contents are whatever f->data holds). */
+/* Memory of written bytes [OFF, OFF+LEN), or NULL if they are not all in
+ * one segment. Valid until the next cr_mark/cr_write. */
+static uint8_t *cr_at(const struct cr_file *f, uint64_t off, uint64_t len)
+{
+    size_t i = cr_find(f, off);
+    if (i == f->n || f->seg[i].off > off || off + len > f->seg[i].off + f->seg[i].len)
+        return NULL;
+    return f->seg[i].data + (off - f->seg[i].off);
+}
+
+/* Record [OFF, OFF+LEN) as written: segments it touches or adjoins are
+ * merged into one; new bytes are zero, existing bytes are kept. */
 static int cr_mark(struct cr_file *f, uint64_t off, uint64_t len)
 {
     if (!len)
         return 0;
-    int r = cr_reserve(f, off + len);
-    if (r)
-        return r;
-    if (f->nw == f->capw) {
-        size_t cap = f->capw ? f->capw * 2 : 16;
-        struct cr_range *w = realloc(f->w, cap * sizeof *w);
-        if (!w)
-            return -ENOMEM;
-        f->w = w;
-        f->capw = cap;
+    size_t i = cr_find(f, off ? off - 1 : 0), j = i;
+    uint64_t lo = off, hi = off + len;
+    while (j < f->n && f->seg[j].off <= hi) {
+        lo = min_u64(lo, f->seg[j].off);
+        hi = max_u64(hi, f->seg[j].off + f->seg[j].len);
+        j++;
     }
-    f->w[f->nw].off = off;
-    f->w[f->nw].len = len;
-    f->nw++;
+    if (j == i + 1 && lo == f->seg[i].off && hi == f->seg[i].off + f->seg[i].len)
+        return 0;   /* already written */
+    uint8_t *d = calloc(1, (size_t)(hi - lo));
+    if (!d)
+        return -ENOMEM;
+    for (size_t k = i; k < j; k++) {
+        memcpy(d + (f->seg[k].off - lo), f->seg[k].data, (size_t)f->seg[k].len);
+        free(f->seg[k].data);
+    }
+    if (i == j) {   /* a new segment at i */
+        if (f->n == f->cap) {
+            size_t cap = f->cap ? f->cap * 2 : 16;
+            struct cr_seg *sg = realloc(f->seg, cap * sizeof *sg);
+            if (!sg) {
+                free(d);
+                return -ENOMEM;
+            }
+            f->seg = sg;
+            f->cap = cap;
+        }
+        memmove(f->seg + i + 1, f->seg + i, (f->n - i) * sizeof *f->seg);
+        f->n++;
+        j = i + 1;
+    } else {        /* segments i..j-1 become one */
+        memmove(f->seg + i + 1, f->seg + j, (f->n - j) * sizeof *f->seg);
+        f->n -= j - i - 1;
+    }
+    f->seg[i] = (struct cr_seg){ lo, hi - lo, d };
+    f->end = max_u64(f->end, hi);
+    f->length = max_u64(f->length, f->end);
     return 0;
 }
 
+/* Write P (zeros if NULL) at OFF. */
 static int cr_write(struct cr_file *f, uint64_t off, const void *p, uint64_t len)
 {
     int r = cr_mark(f, off, len);
-    if (!r && p)
-        memcpy(f->data + off, p, len);
-    else if (!r)
-        memset(f->data + off, 0, len);
-    return r;
+    if (r)
+        return r;
+    uint8_t *d = cr_at(f, off, len);
+    if (p)
+        memcpy(d, p, (size_t)len);
+    else
+        memset(d, 0, (size_t)len);
+    return 0;
 }
 
-static int range_cmp(const void *a, const void *b)
-{
-    const struct cr_range *x = a, *y = b;
-    return x->off < y->off ? -1 : x->off > y->off;
-}
-
-/* Write every recorded range (merged) to IO. */
+/* Write every segment to IO, then set the file length. */
 static int cr_flush(struct cr_file *f, qk_io *io)
 {
-    qsort(f->w, f->nw, sizeof *f->w, range_cmp);
-    for (size_t i = 0; i < f->nw;) {
-        uint64_t start = f->w[i].off, end = start + f->w[i].len;
-        for (i++; i < f->nw && f->w[i].off <= end; i++)
-            end = max_u64(end, f->w[i].off + f->w[i].len);
-        int r = io_pwrite(io, f->data + start, (size_t)(end - start), start);
+    for (size_t i = 0; i < f->n; i++) {
+        int r = io_pwrite(io, f->seg[i].data, (size_t)f->seg[i].len, f->seg[i].off);
         if (r)
             return r;
     }
-    return 0;
+    return f->length > f->end ? io->ops->truncate(io, f->length) : 0;
 }
 
 static void cr_file_free(struct cr_file *f)
 {
-    free(f->data);
-    free(f->w);
+    for (size_t i = 0; i < f->n; i++)
+        free(f->seg[i].data);
+    free(f->seg);
 }
 
 /* ---- QEMU's refcount allocator, replayed -------------------------------- */
@@ -181,10 +215,8 @@ static uint64_t refcount_of(struct cr_alloc *a, uint64_t cluster)
     uint64_t idx = cluster >> a->rb_bits;
     if (idx >= a->rt_size || !a->reftable[idx])
         return 0;
-    uint64_t blk = a->reftable[idx];
-    if (blk + a->cs > a->f->len)
-        return 0;
-    return rc_get(a->f->data + blk, a->rorder, cluster & ((1ull << a->rb_bits) - 1));
+    const uint8_t *blk = cr_at(a->f, a->reftable[idx], a->cs);
+    return blk ? rc_get(blk, a->rorder, cluster & ((1ull << a->rb_bits) - 1)) : 0;
 }
 
 static void update_max_index(struct cr_alloc *a)
@@ -228,16 +260,21 @@ static uint64_t refblocks_needed(uint64_t clusters, uint64_t cs, unsigned rorder
 }
 
 /* qcow2_refcount_area: self-describing refblocks and a new, bigger reftable
- * at START, hooked up in one switch; the old table is freed. */
-static int refcount_area(struct cr_alloc *a, uint64_t start, uint64_t rb_index, uint64_t rb_offset)
+ * at START, covering ADDITIONAL more clusters (and half as many again unless
+ * EXACT), hooked up in one switch; the old table is freed. RB_OFFSET, when
+ * not 0, is a new refblock to enter at RB_INDEX. *END gets the first byte
+ * after the new structures. */
+static int refcount_area(struct cr_alloc *a, uint64_t start, uint64_t additional, int exact,
+                         uint64_t rb_index, uint64_t rb_offset, uint64_t *end_out)
 {
     uint64_t rb_size = 1ull << a->rb_bits;
-    uint64_t total = refblocks_needed(start / a->cs, a->cs, a->rorder, 1);
+    uint64_t total = refblocks_needed(start / a->cs + additional, a->cs, a->rorder, !exact);
     if (total > MAX_REFTABLE_BYTES)
         return -EFBIG;
     uint64_t area_index = (start / a->cs) / rb_size;
     uint64_t per_cluster = a->cs / 8;
-    uint64_t table_size = (total + div_round_up(total, 2) + per_cluster - 1) / per_cluster * per_cluster;
+    uint64_t want = exact ? total : total + div_round_up(total, 2);
+    uint64_t table_size = (want + per_cluster - 1) / per_cluster * per_cluster;
     uint64_t table_clusters = table_size * 8 / a->cs;
     if (table_size > MAX_REFTABLE_BYTES)
         return -EFBIG;
@@ -247,7 +284,8 @@ static int refcount_area(struct cr_alloc *a, uint64_t start, uint64_t rb_index, 
         return -ENOMEM;
     uint64_t keep = table_size > a->rt_max_index ? a->rt_max_index + 1 : table_size;
     memcpy(t, a->reftable, min_u64(keep, a->rt_size) * sizeof *t);
-    t[rb_index] = rb_offset;
+    if (rb_offset)
+        t[rb_index] = rb_offset;
 
     uint64_t extra = 0;
     for (uint64_t i = area_index; i < total; i++)
@@ -269,8 +307,7 @@ static int refcount_area(struct cr_alloc *a, uint64_t start, uint64_t rb_index, 
         uint64_t j = first < start ? (start - first) / a->cs : 0;
         uint64_t stop = min_u64((end - first) / a->cs, rb_size);
         for (; j < stop; j++)
-            rc_set(a->f->data + t[i], a->rorder, j, 1);
-        r = cr_mark(a->f, t[i], a->cs);
+            rc_set(cr_at(a->f, t[i], a->cs), a->rorder, j, 1);
     }
     uint8_t *raw = r ? NULL : calloc(table_size, 8);
     if (!r && !raw)
@@ -291,6 +328,7 @@ static int refcount_area(struct cr_alloc *a, uint64_t start, uint64_t rb_index, 
     a->rt_size = table_size;
     a->rt_offset = table_offset;
     update_max_index(a);
+    *end_out = end;
     return update_refcount(a, old_offset, old_size * 8, 1);
 }
 
@@ -308,7 +346,7 @@ static int alloc_refcount_block(struct cr_alloc *a, uint64_t cluster)
     if ((nb >> (a->cbits + a->rb_bits)) == ((cluster << a->cbits) >> (a->cbits + a->rb_bits))) {
         if ((r = cr_write(a->f, nb, NULL, a->cs)))
             return r;
-        rc_set(a->f->data + nb, a->rorder, (nb >> a->cbits) & ((1ull << a->rb_bits) - 1), 1);
+        rc_set(cr_at(a->f, nb, a->cs), a->rorder, (nb >> a->cbits) & ((1ull << a->rb_bits) - 1), 1);
     } else {
         if ((r = update_refcount(a, nb, a->cs, 0)))
             return r;
@@ -326,8 +364,8 @@ static int alloc_refcount_block(struct cr_alloc *a, uint64_t cluster)
         return -EAGAIN;
     }
     uint64_t rb_size = 1ull << a->rb_bits;
-    uint64_t used = div_round_up(max_u64(cluster + 1, (nb >> a->cbits) + 1), rb_size);
-    r = refcount_area(a, used * rb_size * a->cs, idx, nb);
+    uint64_t used = div_round_up(max_u64(cluster + 1, (nb >> a->cbits) + 1), rb_size), end;
+    r = refcount_area(a, used * rb_size * a->cs, 0, 0, idx, nb, &end);
     return r ? r : -EAGAIN;
 }
 
@@ -352,7 +390,7 @@ static int update_refcount(struct cr_alloc *a, uint64_t offset, uint64_t length,
                 break;
         }
         old_index = ti;
-        uint8_t *blk = a->f->data + a->reftable[ti];
+        uint8_t *blk = cr_at(a->f, a->reftable[ti], a->cs);
         uint64_t bi = ci & ((1ull << a->rb_bits) - 1), v = rc_get(blk, a->rorder, bi);
         if (decrease ? v == 0 : v == maxv) {
             r = -EINVAL;
@@ -385,6 +423,32 @@ static int64_t alloc_clusters(struct cr_alloc *a, uint64_t size)
     }
 }
 
+/* qcow2_alloc_clusters_at: take as many of the NB clusters at OFF as are
+ * free in a row; returns how many (0 if the first is in use). */
+static int64_t alloc_clusters_at(struct cr_alloc *a, uint64_t off, uint64_t nb)
+{
+    uint64_t i = 0;
+    int r;
+    if (!nb)
+        return 0;
+    do {
+        uint64_t ci = off >> a->cbits;
+        for (i = 0; i < nb && refcount_of(a, ci + i) == 0; i++)
+            ;
+        r = update_refcount(a, off, i << a->cbits, 0);
+    } while (r == -EAGAIN);
+    return r < 0 ? r : (int64_t)i;
+}
+
+/* qcow2_get_last_cluster: the last cluster below SIZE with a refcount. */
+static int64_t last_cluster(struct cr_alloc *a, uint64_t size)
+{
+    for (uint64_t i = div_round_up(size, a->cs); i-- > 0;)
+        if (refcount_of(a, i))
+            return (int64_t)i;
+    return -1;
+}
+
 /* ---- validation (qcow2_co_create's checks, in its order) ---------------- */
 
 #define NEED_V3 "compatibility level 1.1 and above (use version=v3 or greater)"
@@ -407,8 +471,11 @@ static int validate_qcow2(qk_image *img, const qk_create_opts *o, unsigned *cbit
         return qk_set_error(img, QK_E_INVALID,
                             "Extended L2 entries are only supported with cluster sizes of at least %u bytes",
                             1u << 14);
-    if (o->preallocation)
-        return qk_set_error(img, QK_E_UNSUPPORTED, "Preallocation is not supported yet");
+    if (o->preallocation < QK_PREALLOC_OFF || o->preallocation > QK_PREALLOC_FULL)
+        return qk_set_error(img, QK_E_INVALID, "Invalid preallocation mode %d", o->preallocation);
+    if (o->backing_file && o->preallocation != QK_PREALLOC_OFF && !o->extended_l2)
+        return qk_set_error(img, QK_E_INVALID,
+                            "Backing file and preallocation can only be used at the same time if extended_l2 is on");
     if (o->backing_fmt && !o->backing_file)
         return qk_set_error(img, QK_E_INVALID, "Backing format cannot be used without backing file");
     if (o->lazy_refcounts && version < 3)
@@ -440,13 +507,47 @@ static int validate_qcow2(qk_image *img, const qk_create_opts *o, unsigned *cbit
 
 /* ---- files -------------------------------------------------------------- */
 
-/* file-posix's truncate of a new, empty file: set the length and, as QEMU's
- * allocate_first_block() does, write zeros over the first block. */
-static int grow_new_file(qk_io *io, uint64_t size)
+/* Reserve (FALLOC: fallocate) or write zeros over (FULL) [OFF, OFF+LEN) of
+ * PATH, open as IO; the file grows as needed, never shrinks. */
+static int fill_range(qk_io *io, const char *path, uint64_t off, uint64_t len, int mode)
 {
-    int r = io->ops->truncate(io, size);
-    if (r || size == 0)
+    if (mode == QK_PREALLOC_FALLOC) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        int r = fallocate(fd, 0, (off_t)off, (off_t)len) ? -errno : 0;
+        close(fd);
         return r;
+    }
+    static const uint8_t zeros[65536];
+    while (len) {
+        size_t n = (size_t)min_u64(len, sizeof zeros);
+        int r = io_pwrite(io, zeros, n, off);
+        if (r)
+            return r;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* file-posix's truncate growing a file from CUR to SIZE bytes in MODE
+ * (handle_aiocb_truncate): OFF only sets the length, except that a file
+ * that was empty gets zeros over its first block (allocate_first_block);
+ * FALLOC reserves the new range; FULL writes zeros over it. */
+static int grow_file(qk_io *io, const char *path, uint64_t cur, uint64_t size, int mode)
+{
+    if (size <= cur)
+        return 0;
+    if (mode == QK_PREALLOC_FALLOC)
+        return fill_range(io, path, cur, size - cur, mode);
+    int r = io->ops->truncate(io, size);
+    if (r)
+        return r;
+    if (mode == QK_PREALLOC_FULL)
+        return fill_range(io, path, cur, size - cur, mode);
+    if (cur)
+        return 0;
     static const uint8_t zeros[CR_MAX_FIRST_BLOCK];
     return io_pwrite(io, zeros, size < CR_MAX_FIRST_BLOCK ? CR_SECTOR : CR_MAX_FIRST_BLOCK, 0);
 }
@@ -507,17 +608,22 @@ static int too_large(qk_image *img, const char *fmt, int hint)
                         fmt, hint ? " (try using a larger cluster size)" : "");
 }
 
-static int create_raw(qk_image *img, const char *path, uint64_t size)
+static int create_raw(qk_image *img, const char *path, uint64_t size, int mode)
 {
+    static const char *const names[] = { "off", "metadata", "falloc", "full" };
     qk_io *io;
     uint64_t rounded;
     int r = open_new_file(img, path, &io);
     if (r)
         return r;
+    if (mode == QK_PREALLOC_METADATA) {
+        io_close(io);
+        return qk_set_error(img, QK_E_UNSUPPORTED, "Unsupported preallocation mode: %s", names[mode]);
+    }
     if (ck_align_up(size, CR_SECTOR, &rounded) || rounded > INT64_MAX)
         r = -EINVAL;    /* what ftruncate says to a negative off_t */
     else
-        r = grow_new_file(io, rounded);
+        r = grow_file(io, path, 0, rounded, mode);
     if (!r)
         r = io->ops->flush(io);
     io_close(io);
@@ -530,31 +636,168 @@ static int create_raw(qk_image *img, const char *path, uint64_t size)
 
 /* ---- qcow2 layout -------------------------------------------------------- */
 
+#define CR_MAX_REQUEST 2147483136ull   /* BDRV_REQUEST_MAX_BYTES */
+#define CR_INT_MAX 2147483647ull
+
 struct cr_layout {
     struct cr_file file;
     struct cr_alloc alloc;
     struct qk_header hdr;
     uint64_t size;
+    unsigned l2_bits;         /* log2(entries per L2 table) */
+    uint64_t entry_size;      /* 8, or 16 with extended L2 */
+    uint64_t subcluster;      /* bytes per subcluster */
+    int mode;                 /* effective QK_PREALLOC_* */
+    uint64_t fill_off, fill_len;  /* FALLOC/FULL data area of the image */
 };
 
-/* Step 5 (data_file_raw): QEMU preallocates metadata: one L2 table per L1
- * entry, allocated in order, mapping every guest cluster to the same offset
- * in the data file (COPIED set; an extended L2 bitmap stays 0). */
-static int map_data_file(struct cr_layout *L, unsigned l2_bits, uint64_t entry_size)
+/* get_cluster_table: the L2 table for guest OFF, allocated (zeroed, entered
+ * in L1 with COPIED) if it is not there yet. */
+static int64_t get_l2(struct cr_layout *L, uint64_t off)
+{
+    uint64_t idx = off >> (L->alloc.cbits + L->l2_bits);
+    uint64_t l1e = be64_load(cr_at(&L->file, L->hdr.l1_offset + idx * 8, 8));
+    if (l1e)
+        return (int64_t)(l1e & L1E_OFFSET_MASK);
+    int64_t l2 = alloc_clusters(&L->alloc, L->alloc.cs);
+    int r;
+    if (l2 < 0)
+        return l2;
+    if ((r = cr_write(&L->file, (uint64_t)l2, NULL, L->alloc.cs)))
+        return r;
+    be64_store(cr_at(&L->file, L->hdr.l1_offset + idx * 8, 8), (uint64_t)l2 | OFLAG_COPIED);
+    return l2;
+}
+
+/* Map NB guest clusters from GUEST to host clusters from HOST (COPIED; an
+ * extended L2 bitmap stays 0, as QEMU leaves it for preallocation). */
+static int link_l2(struct cr_layout *L, uint64_t guest, uint64_t host, uint64_t nb)
+{
+    int64_t l2 = get_l2(L, guest);
+    if (l2 < 0)
+        return (int)l2;
+    uint64_t idx = (guest >> L->alloc.cbits) & ((1ull << L->l2_bits) - 1);
+    for (uint64_t j = 0; j < nb; j++)
+        be64_store(cr_at(&L->file, (uint64_t)l2 + (idx + j) * L->entry_size, 8),
+                   (host + (j << L->alloc.cbits)) | OFLAG_COPIED);
+    return 0;
+}
+
+/* qcow2_alloc_host_offset on a new image: map as much of [START,
+ * START+*BYTES) as one contiguous host run allows (data in the data file at
+ * the guest offset when DATA_FILE). *BYTES gets what was mapped, *HOST
+ * where it starts. */
+static int alloc_host_offset(struct cr_layout *L, uint64_t start, uint64_t *bytes, uint64_t *host,
+                             int data_file)
 {
     struct cr_alloc *a = &L->alloc;
-    uint64_t per_l2 = 1ull << l2_bits, clusters = div_round_up(L->size, a->cs);
-    int r;
+    uint64_t remaining = *bytes, cur = 0, coff = UINT64_MAX, per_l2 = 1ull << L->l2_bits;
 
-    for (uint64_t i = 0; i < L->hdr.l1_size; i++) {
-        int64_t l2 = alloc_clusters(a, a->cs);
+    *host = UINT64_MAX;
+    for (;;) {
+        if (*host == UINT64_MAX && coff != UINT64_MAX)
+            *host = coff;
+        start += cur;
+        remaining -= cur;
+        if (coff != UINT64_MAX)
+            coff += cur;
+        if (!remaining)
+            break;
+        cur = remaining;
+        int64_t l2 = get_l2(L, start);   /* handle_copied looks the table up first */
         if (l2 < 0)
             return (int)l2;
-        if ((r = cr_write(&L->file, (uint64_t)l2, NULL, a->cs)))
+        uint64_t idx = (start >> a->cbits) & (per_l2 - 1);
+        uint64_t nb = min_u64(min_u64(div_round_up(cur, a->cs), per_l2 - idx), CR_MAX_REQUEST >> a->cbits);
+        uint64_t alloc = start;
+        if (!data_file && coff == UINT64_MAX) {
+            int64_t o = alloc_clusters(a, nb * a->cs);
+            if (o < 0)
+                return (int)o;
+            alloc = (uint64_t)o;
+        } else if (!data_file) {
+            int64_t n = alloc_clusters_at(a, coff, nb);
+            if (n < 0)
+                return (int)n;
+            if (n == 0)
+                break;      /* cannot extend the run: the caller goes on */
+            nb = (uint64_t)n;
+            alloc = coff;
+        }
+        int r = link_l2(L, start, alloc, nb);
+        if (r)
             return r;
-        for (uint64_t j = 0; j < per_l2 && i * per_l2 + j < clusters; j++)
-            be64_store(L->file.data + l2 + j * entry_size, ((i * per_l2 + j) << a->cbits) | OFLAG_COPIED);
-        be64_store(L->file.data + L->hdr.l1_offset + i * 8, (uint64_t)l2 | OFLAG_COPIED);
+        coff = alloc;
+        cur = min_u64(cur, nb * a->cs);
+    }
+    *bytes -= remaining;
+    return 0;
+}
+
+/* preallocate_co (metadata): map the whole disk, then zero the rest of the
+ * last subcluster (QEMU's copy-on-write of the tail) and make the file reach
+ * the end of the mapped data. With DATA_FILE the data side is done later
+ * (finish_data_file), as it concerns the other file. */
+static int preallocate(struct cr_layout *L, int data_file)
+{
+    uint64_t off = 0, left = L->size, host = 0, cur = 0;
+    uint64_t chunk = CR_INT_MAX & ~(L->alloc.cs - 1);
+    int r;
+
+    while (left) {
+        cur = min_u64(left, chunk);
+        if ((r = alloc_host_offset(L, off, &cur, &host, data_file)))
+            return r;
+        left -= cur;
+        off += cur;
+    }
+    if (data_file || !L->size)
+        return 0;
+    uint64_t tail = L->size % L->subcluster;
+    if (tail) {
+        uint64_t last = (L->size - 1) & ~(L->alloc.cs - 1);
+        int64_t l2 = get_l2(L, last);
+        if (l2 < 0)
+            return (int)l2;
+        uint64_t idx = (last >> L->alloc.cbits) & ((1ull << L->l2_bits) - 1);
+        uint64_t hc = be64_load(cr_at(&L->file, (uint64_t)l2 + idx * L->entry_size, 8)) & L2E_OFFSET_MASK;
+        if ((r = cr_write(&L->file, hc + (L->size - last), NULL, L->subcluster - tail)))
+            return r;
+    }
+    L->file.length = max_u64(L->file.length, host + cur);
+    return 0;
+}
+
+/* The falloc/full branch of qcow2_co_truncate: refcount structures for the
+ * whole data area after the last used cluster, the data area right after
+ * them (reserved or zeroed when the file is written), then the L2 tables,
+ * allocated first-fit as the mapping needs them. */
+static int preallocate_data(struct cr_layout *L)
+{
+    struct cr_alloc *a = &L->alloc;
+    int64_t last = last_cluster(a, L->file.end);
+    uint64_t old = last >= 0 ? ((uint64_t)last + 1) * a->cs : L->file.end;
+    uint64_t nb_data = div_round_up(L->size, a->cs), per_l2 = 1ull << L->l2_bits;
+    uint64_t nb_l2 = div_round_up(nb_data, a->cs / L->entry_size) + 1, start;
+    int r;
+
+    if ((r = refcount_area(a, old, nb_data + nb_l2, 1, 0, 0, &start)))
+        return r;
+    int64_t got = alloc_clusters_at(a, start, nb_data);
+    if (got < 0)
+        return (int)got;
+    if ((uint64_t)got < nb_data)
+        return -ENOSPC;
+    L->fill_off = L->file.end;
+    L->fill_len = start + nb_data * a->cs - L->fill_off;
+    L->file.length = max_u64(L->file.length, start + nb_data * a->cs);
+    for (uint64_t guest = 0, host = start; nb_data;) {
+        uint64_t idx = (guest >> a->cbits) & (per_l2 - 1), nb = min_u64(nb_data, per_l2 - idx);
+        if ((r = link_l2(L, guest, host, nb)))
+            return r;
+        guest += nb * a->cs;
+        host += nb * a->cs;
+        nb_data -= nb;
     }
     return 0;
 }
@@ -579,13 +822,15 @@ static int lay_out(struct cr_layout *L, const qk_create_opts *o, unsigned cbits)
     a->reftable[0] = 2 * cs;
     if ((r = cr_write(&L->file, 0, NULL, cs)) || (r = cr_write(&L->file, cs, NULL, 2 * cs)))
         return r;
-    be64_store(L->file.data + cs, 2 * cs);
+    be64_store(cr_at(&L->file, cs, 8), 2 * cs);
     int64_t off = alloc_clusters(a, 3 * cs);
     if (off != 0)
         return off < 0 ? (int)off : -EIO;
 
-    unsigned l2_bits = cbits - (o->extended_l2 ? 4 : 3);
-    uint64_t l1_size = div_round_up(L->size, 1ull << (cbits + l2_bits));
+    L->entry_size = o->extended_l2 ? 16 : 8;
+    L->l2_bits = cbits - (o->extended_l2 ? 4 : 3);
+    L->subcluster = o->extended_l2 ? cs / EXTL2_SUBCLUSTERS : cs;
+    uint64_t l1_size = div_round_up(L->size, 1ull << (cbits + L->l2_bits));
     if (l1_size > MAX_L1_BYTES / 8)
         return -EFBIG;
     L->hdr.l1_size = (uint32_t)l1_size;
@@ -597,7 +842,14 @@ static int lay_out(struct cr_layout *L, const qk_create_opts *o, unsigned cbits)
             return r;
         L->hdr.l1_offset = (uint64_t)l1;
     }
-    if (o->data_file_raw && (r = map_data_file(L, l2_bits, o->extended_l2 ? 16 : 8)))
+    L->mode = o->preallocation;
+    if (o->data_file_raw && L->mode == QK_PREALLOC_OFF)
+        L->mode = QK_PREALLOC_METADATA;   /* data-file-raw needs the 1:1 mapping */
+    if (L->mode == QK_PREALLOC_METADATA || (o->data_file && L->mode != QK_PREALLOC_OFF))
+        r = preallocate(L, o->data_file != NULL);
+    else if (L->mode != QK_PREALLOC_OFF)
+        r = preallocate_data(L);
+    if (r)
         return r;
     L->hdr.reftable_offset = a->rt_offset;
     L->hdr.reftable_clusters = (uint32_t)(a->rt_size * 8 / cs);
@@ -650,9 +902,12 @@ static int backing_size(qk_image *img, const char *path, const qk_create_opts *o
     return r;
 }
 
-static int write_qcow2(qk_image *img, qk_io *io, struct cr_layout *L, const qk_create_opts *o)
+/* Step 6: serialize the header into cluster 0, write everything, then
+ * reserve or zero the data area of a falloc/full image. */
+static int write_qcow2(qk_image *img, qk_io *io, const char *path, struct cr_layout *L,
+                       const qk_create_opts *o)
 {
-    uint8_t *hbuf = L->file.data;
+    uint8_t *hbuf = cr_at(&L->file, 0, L->alloc.cs);
     int r;
 
     L->hdr.backing_name = (char *)o->backing_file;
@@ -664,11 +919,30 @@ static int write_qcow2(qk_image *img, qk_io *io, struct cr_layout *L, const qk_c
         return qk_set_error(img, r, "Could not update qcow2 header: %s",
                             "header extensions do not fit in the first cluster");
     r = cr_flush(&L->file, io);
+    if (!r && L->fill_len)
+        r = fill_range(io, path, L->fill_off, L->fill_len, L->mode);
     if (!r)
         r = io->ops->flush(io);
     if (r)
         return qk_set_error(img, r, "Could not write qcow2 image: %s", strerror(-r));
     return 0;
+}
+
+/* The external data file: QEMU truncates it to the disk size (OFF), or,
+ * having mapped it 1:1, writes zeros over the rest of the last subcluster
+ * and then grows it to the disk size in the preallocation mode. */
+static int finish_data_file(qk_io *dio, const char *path, const struct cr_layout *L)
+{
+    uint64_t cur = 0;
+    int r;
+
+    if (L->mode != QK_PREALLOC_OFF && L->size % L->subcluster) {
+        cur = L->size - L->size % L->subcluster + L->subcluster;
+        if ((r = fill_range(dio, path, L->size, cur - L->size, QK_PREALLOC_FULL)))
+            return r;
+    }
+    r = grow_file(dio, path, cur, L->size, L->mode == QK_PREALLOC_METADATA ? QK_PREALLOC_OFF : L->mode);
+    return r ? r : dio->ops->flush(dio);
 }
 
 static int create_qcow2(qk_image *img, const char *path, const qk_create_opts *o)
@@ -700,11 +974,9 @@ static int create_qcow2(qk_image *img, const char *path, const qk_create_opts *o
     else if (r)
         r = qk_set_error(img, r, "Could not resize image: %s", strerror(-r));
     if (!r)
-        r = write_qcow2(img, io, &L, o);
-    if (!r && dio && L.size && (r = grow_new_file(dio, L.size)))
+        r = write_qcow2(img, io, path, &L, o);
+    if (!r && dio && (r = finish_data_file(dio, o->data_file, &L)))
         r = qk_set_error(img, r, "Could not resize data file: %s", strerror(-r));
-    if (!r && dio && (r = dio->ops->flush(dio)))
-        r = qk_set_error(img, r, "Could not write data file: %s", strerror(-r));
 fail:
     io_close(io);
     io_close(dio);
@@ -729,7 +1001,9 @@ QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts
     if (opts->format == QK_FMT_RAW) {
         if (opts->backing_file)
             return qk_set_error(img, QK_E_INVALID, "Backing file not supported for file format 'raw'");
-        return create_raw(img, path, opts->size);
+        if (opts->preallocation < QK_PREALLOC_OFF || opts->preallocation > QK_PREALLOC_FULL)
+            return qk_set_error(img, QK_E_INVALID, "Invalid preallocation mode %d", opts->preallocation);
+        return create_raw(img, path, opts->size, opts->preallocation);
     }
     if (opts->format != QK_FMT_QCOW2)
         return qk_set_error(img, QK_E_INVALID, "Unknown file format");

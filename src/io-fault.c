@@ -19,6 +19,7 @@ struct io_fault {
     long counts[3];              /* reads, writes, flushes so far */
     long fail_at[3];             /* 1-based op number to fail, 0 = never */
     int record;
+    int keep_inner;              /* closing the wrapper leaves the inner backend open */
     struct io_fault_op *log;
     size_t log_len, log_cap;
 };
@@ -124,7 +125,8 @@ static int fault_allocated_size(qk_io *io, uint64_t *size)
 static void fault_close(qk_io *io)
 {
     struct io_fault_io *w = (struct io_fault_io *)io;
-    io_close(w->inner);
+    if (!w->ctl->keep_inner)
+        io_close(w->inner);
     free(w);
 }
 
@@ -146,6 +148,11 @@ struct io_fault *io_fault_new(int record)
     if (f)
         f->record = record;
     return f;
+}
+
+void io_fault_keep_inner(struct io_fault *f)
+{
+    f->keep_inner = 1;
 }
 
 void io_fault_set(struct io_fault *f, int kind, long nth)

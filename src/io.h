@@ -67,6 +67,8 @@ void io_fault_free(struct io_fault *f);
 /* Fail the NTH (1-based, counted from now) operation of KIND; 0 = never. */
 void io_fault_set(struct io_fault *f, int kind, long nth);
 long io_fault_count(const struct io_fault *f, int kind);
+/* Closing the wrapper will not close the inner backend (the caller does). */
+void io_fault_keep_inner(struct io_fault *f);
 const struct io_fault_op *io_fault_log(const struct io_fault *f, size_t *len);
 /* Wrap INNER (owned by the wrapper from now on); CTL stays the caller's. */
 int io_fault_wrap(qk_io **out, qk_io *inner, struct io_fault *ctl);

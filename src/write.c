@@ -225,6 +225,13 @@ static int64_t write_fresh_run(qk_image *img, const uint8_t *data, uint64_t len,
     return (int64_t)(n * cs);
 }
 
+/* Checks shared by every guest write, then bitmap tracking of the range. */
+static int begin_write(qk_image *img, uint64_t len, uint64_t offset)
+{
+    int r = check_writable(img, len, offset);
+    return r < 0 ? r : bitmap_track_write(img, offset, len);
+}
+
 static int write_range(qk_image *img, const uint8_t *data, uint64_t len, uint64_t offset)
 {
     uint64_t cs = img->cluster_size;
@@ -253,10 +260,8 @@ static int write_range(qk_image *img, const uint8_t *data, uint64_t len, uint64_
 
 QK_API int qk_pwrite(qk_image *img, const void *buf, uint64_t len, uint64_t offset)
 {
-    int r = check_writable(img, len, offset);
+    int r = begin_write(img, len, offset);
     if (r < 0)
-        return r;
-    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = io_pwrite(img->io, buf, len, offset);
@@ -317,10 +322,8 @@ static int zero_units(qk_image *img, uint64_t cstart, uint32_t u0, uint32_t u1, 
 
 QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsigned flags)
 {
-    int r = check_writable(img, len, offset);
+    int r = begin_write(img, len, offset);
     if (r < 0)
-        return r;
-    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW || img->hdr.version < 3 || has_data_file(img)) {
         if (img->fmt == QK_FMT_RAW) {
@@ -366,10 +369,8 @@ QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsign
 
 QK_API int qk_discard(qk_image *img, uint64_t len, uint64_t offset)
 {
-    int r = check_writable(img, len, offset);
+    int r = begin_write(img, len, offset);
     if (r < 0)
-        return r;
-    if ((r = bitmap_track_write(img, offset, len)) < 0)
         return r;
     if (img->fmt == QK_FMT_RAW) {
         r = img->io->ops->punch_hole(img->io, offset, len);

@@ -3,6 +3,10 @@
 
 load oracle
 
+teardown() {
+    release_image
+}
+
 setup() {
     oracle_setup
 }
@@ -200,4 +204,13 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
     same_img compare a.qcow2 a.qcow2 || true
     [[ $k_rc == 4 && $q_rc == 4 ]]
     [[ ${k_err%%$'\n'*} == "$q_err" ]]
+}
+
+@test "compare: an image a writer holds needs -U" {
+    mk a.qcow2 1M; mk b.qcow2 1M
+    hold_image a.qcow2
+    same_img compare a.qcow2 b.qcow2
+    [[ $k_rc == 2 ]]
+    same_img compare -U a.qcow2 b.qcow2
+    [[ $k_rc == 0 ]]
 }

@@ -4,6 +4,10 @@
 
 load oracle
 
+teardown() {
+    release_image
+}
+
 setup() {
     oracle_setup
 }
@@ -29,7 +33,8 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
     mk a.qcow2 100M
     same_convert a.qcow2
     (( $(stat -c %s out.raw) == 100 * 1024 * 1024 ))
-    (( $(allocated_kib out.raw) == 0 ))
+    # at most the first block, which QEMU's raw create allocates too
+    (( $(allocated_kib out.raw) <= 4 ))
 }
 
 @test "convert: zero clusters and zero data become holes" {
@@ -118,7 +123,6 @@ wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null;
 }
 
 @test "convert: raw source whose size is not a multiple of 512" {
-    skip "library: a raw image's virtual size is not yet rounded up to 512 bytes as in QEMU"
     head -c 100000 /dev/urandom > a.raw
     same_convert a.raw
 }
@@ -275,6 +279,16 @@ same_qcow2() {
     same_img convert -O raw a.qcow2 nosuchdir/out.raw
 }
 
+@test "convert: onto its own source fails on QEMU's lock and keeps the source" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 5 0 64k'
+    cp a.qcow2 b.qcow2
+    same_img convert -O raw a.qcow2 a.qcow2
+    cmp a.qcow2 b.qcow2
+    same_img convert -O qcow2 a.qcow2 a.qcow2
+    cmp a.qcow2 b.qcow2
+}
+
 @test "convert: bad -m" {
     mk a.qcow2 1M
     same_img convert -m 0 -O raw a.qcow2 out.raw
@@ -293,4 +307,13 @@ same_qcow2() {
     same_img convert -O raw a.qcow2 out.raw || true
     [[ $k_rc == 1 && $q_rc == 1 ]]
     [[ ${k_err%%$'\n'*} == "$q_err" ]]
+}
+
+@test "convert: an image a writer holds needs -U" {
+    mk a.qcow2 1M
+    wr a.qcow2 'write -P 5 0 64k'
+    hold_image a.qcow2
+    same_img convert -O raw a.qcow2 out.raw
+    [[ $k_rc == 1 ]]
+    same_convert a.qcow2 -U
 }

@@ -4,6 +4,10 @@
 
 load oracle
 
+teardown() {
+    release_image
+}
+
 setup() {
     oracle_setup
     qemu-img create -q -f qcow2 a.qcow2 1M
@@ -251,4 +255,28 @@ setup() {
 @test "io: writes through a backing chain copy on write" {
     qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 top.qcow2
     same_io_write top.qcow2 -c 'write -P 0x22 4k 512' -c 'read -v 0 16' -c 'read -P 0x22 4k 512' -c 'map'
+}
+
+@test "io: an image a writer holds can only be read with -r -U" {
+    hold_image a.qcow2
+    same_io -c 'read 0 1' a.qcow2
+    same_io -r -c 'read 0 1' a.qcow2
+    same_io -r -U -c 'read -P 0xab 0 64k' a.qcow2
+    [[ $k_rc == 0 ]]
+}
+
+@test "io: alloc counts the allocated bytes of a range" {
+    same_io_write a.qcow2 -c 'alloc 0' -c 'alloc 0 128k' -c 'alloc 64k 64k' -c 'alloc 1000 1' -c 'alloc 1000 0' -c 'a 0 2M'
+}
+
+@test "io: alloc at or past the end" {
+    same_io -c 'alloc 1M' -c 'alloc 2M 1' -c 'alloc x' a.qcow2
+}
+
+@test "io: truncate grows and shrinks" {
+    same_io_write a.qcow2 -c 'truncate 2M' -c 'length' -c 'truncate 32k' -c 'length' -c 't 1M' -c 'map' -c 'read -v 32k 16'
+}
+
+@test "io: truncate to a size that is not a multiple of 512" {
+    same_io_write a.qcow2 -c 'truncate 1000' -c 'length'
 }

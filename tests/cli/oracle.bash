@@ -1,24 +1,13 @@
 # tests/cli/oracle.bash - helpers for bats tests that run qcowkit and its QEMU
-# oracle (qemu-img / qemu-io) on the same input and compare what they print.
-# Owned by the convert/compare/io tests; load with `load oracle`.
+# oracle (qemu-img / qemu-io) on the same input and compare what they print,
+# stdout and stderr apart (qemu-io puts messages on both). Owned by the
+# convert/compare/io tests; load with `load oracle`. QCOWKIT and
+# require_peer come from img_helpers.bash.
 
-QCOWKIT=${QCOWKIT:-$BATS_TEST_DIRNAME/../../build/qcowkit}
-
-# need TOOL...: skip the test when a QEMU tool is missing, fail under CI=true.
-need() {
-    local t
-    for t in "$@"; do
-        command -v "$t" >/dev/null 2>&1 && continue
-        if [[ ${CI:-} == true ]]; then
-            echo "$t is required under CI=true (apt-get install qemu-utils)" >&2
-            return 1
-        fi
-        skip "$t is not installed"
-    done
-}
+source "$BATS_TEST_DIRNAME/img_helpers.bash"
 
 oracle_setup() {
-    need qemu-img qemu-io
+    require_peer qemu-img qemu-io jq
     cd "$BATS_TEST_TMPDIR"
 }
 
@@ -123,4 +112,28 @@ same_io_write() {
     _assert_pair
     qemu-img compare "q-$img" "k-$img" >/dev/null || { echo "contents differ" >&2; return 1; }
     qemu-img check -q "k-$img" || { echo "qemu-img check failed on k-$img" >&2; return 1; }
+}
+
+# hold_image IMG: keep IMG open for writing in a qemu-nbd process, as a
+# running VM would (QEMU's write locks); release_image (call it from
+# teardown) stops it.
+hold_image() {
+    require_peer qemu-nbd
+    local sock="$BATS_TEST_TMPDIR/hold.sock" i
+    qemu-nbd -t -k "$sock" "$1" </dev/null >/dev/null 2>&1 3>&- &
+    echo $! >"$BATS_TEST_TMPDIR/hold.pid"
+    for ((i = 0; i < 100; i++)); do
+        [[ -S $sock ]] && return 0
+        sleep 0.05
+    done
+    echo "qemu-nbd did not start" >&2
+    return 1
+}
+
+release_image() {
+    local f="$BATS_TEST_TMPDIR/hold.pid"
+    [[ -f $f ]] || return 0
+    kill "$(cat "$f")" 2>/dev/null || true
+    wait "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
 }

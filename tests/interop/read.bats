@@ -93,9 +93,15 @@ same_json() { # OUTNAME
 
 chk_info_json() { run_both info info --output=json "$1" && same_json info; }
 chk_info_json_chain() { run_both info info --output=json --backing-chain "$1" && same_json info; }
+# qcowkit's human info adds a "reason:" line under each inconsistent bitmap
+# (documented in `qcowkit info --help`); everything else must match qemu-img.
+drop_reasons() { # OUTNAME
+    grep -q '^ *reason: ' "$T/k.$1" || return 0
+    grep -v '^ *reason: ' "$T/k.$1" >"$T/k.$1.noreason" && mv "$T/k.$1.noreason" "$T/k.$1"
+}
 chk_info_text() {
-    run_both info info "$1" && same_text info || return 1
-    [[ ",$2," != *,chain,* ]] || { run_both infoc info --backing-chain "$1" && same_text infoc; }
+    run_both info info "$1" && drop_reasons info && same_text info || return 1
+    [[ ",$2," != *,chain,* ]] || { run_both infoc info --backing-chain "$1" && drop_reasons infoc && same_text infoc; }
 }
 chk_map_json() { run_both map map --output=json "$1" && same_json map; }
 chk_map_text() { run_both map map "$1" && same_text map; }

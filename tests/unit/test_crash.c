@@ -140,7 +140,15 @@ static void check_crash_image(const uint8_t *disk, size_t len, const struct flus
     free(mask);
 }
 
+static void run_workload_cmd(const char *create_opts, const char *after_create, uint64_t seed);
+
 static void run_workload(const char *create_opts, uint64_t seed)
+{
+    run_workload_cmd(create_opts, NULL, seed);
+}
+
+/* AFTER_CREATE: a shell command run on the base image (%s = its path). */
+static void run_workload_cmd(const char *create_opts, const char *after_create, uint64_t seed)
 {
     char dir[] = "/tmp/qk-crash-XXXXXX";
     char base_path[128], crash_path[128], cmd[512];
@@ -155,6 +163,11 @@ static void run_workload(const char *create_opts, uint64_t seed)
     snprintf(cmd, sizeof cmd, "qemu-img create -q -f qcow2 -o %s '%s' %u", create_opts, base_path,
              IMG_SIZE);
     assert_int_equal(system(cmd), 0);
+    if (after_create) {
+        char extra[512];
+        snprintf(extra, sizeof extra, after_create, base_path, base_path);
+        assert_int_equal(system(extra), 0);
+    }
     size_t base_len;
     uint8_t *base = read_file(base_path, &base_len);
 
@@ -204,6 +217,14 @@ static void run_workload(const char *create_opts, uint64_t seed)
         } else if (kind < 8) {
             assert_int_equal(qk_pwrite_zeroes(img, len, off, (rnd() & 1) ? QK_ZERO_MAY_UNMAP : 0), 0);
             memset(shadow + off, 0, len);
+        } else if (after_create && kind == 8 && (rnd() & 1)) {
+            /* Bitmap changes are stored at close, with the header switch. */
+            char name[16];
+            snprintf(name, sizeof name, "n%d", i);
+            assert_int_equal(qk_bitmap_add(img, name, 512ull << (rnd() % 8), 0), 0);
+            if (rnd() & 1)
+                assert_int_equal(qk_bitmap_clear(img, "b0"), 0);
+            nb_ops--;
         } else {
             /* A discard leaves unspecified contents: mark the range as touched
              * for ever by keeping it in ops (never compared afterwards). */
@@ -292,6 +313,15 @@ static void crash_extended_l2(void **state)
     run_workload("extended_l2=on", 31);
 }
 
+static void crash_with_bitmaps(void **state)
+{
+    (void)state;
+    /* Every crash image must still open in QEMU (which loads and checks the
+     * bitmaps) and pass qemu-img check. */
+    run_workload_cmd("compat=1.1",
+                     "qemu-img bitmap --add '%s' b0 && qemu-img bitmap --add -g 512 --disable '%s' b1", 41);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -299,6 +329,7 @@ int main(void)
         cmocka_unit_test(crash_v2),
         cmocka_unit_test(crash_512b_refcount_growth),
         cmocka_unit_test(crash_extended_l2),
+        cmocka_unit_test(crash_with_bitmaps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
