@@ -124,7 +124,8 @@ check: peers
 
 check-run: all $(UNIT_BIN) $(REPLAY_BIN)
 	@unit_rc=0; ($(RUN_UNITS)) || unit_rc=1; \
-	QCOWKIT=$(abspath $(CLI)) bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop || unit_rc=1; \
+	QCOWKIT=$(abspath $(CLI)) QK_SANITIZED=$(filter 1,$(SANITIZE)) \
+	    bats $(BATS_JOBS) tests/cli tests/corrupt tests/interop || unit_rc=1; \
 	exit $$unit_rc
 
 demo: all

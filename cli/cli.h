@@ -18,6 +18,8 @@ int cmd_map(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_io(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 
 /* main.c: print "qcowkit: " + message + "\n" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,6 +1,6 @@
 /*
  * convert.c - `qcowkit convert [-f FMT] [-O raw|qcow2] [-c] [-p] [-q] [-U] [-m N]
- * SRC DST`: copy the guest contents of SRC into a new sparse raw file or a
+ * [--bitmaps [--skip-broken-bitmaps]] SRC DST`: copy the guest contents of SRC into a new sparse raw file or a
  * new qcow2 image DST (default options, optionally compressed), with the
  * output, messages and exit codes of `qemu-img convert` (7.2).
  *
@@ -454,6 +454,54 @@ static int create_qcow2(conv *c)
     return 0;
 }
 
+/* --bitmaps: QEMU refuses the conversion before it starts when a source
+ * bitmap is inconsistent, unless --skip-broken-bitmaps. */
+static int check_bitmaps(conv *c, int skip_broken)
+{
+    qk_bitmap_info *l;
+    size_t n;
+    int rc = 0;
+    if (qk_bitmap_list(c->scan, &l, &n) < 0) {
+        cli_error("%s", qk_errmsg(c->scan));
+        return -1;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!l[i].consistent && !skip_broken) {
+            cli_error("Cannot copy inconsistent bitmap '%s'", l[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n");
+            rc = -1;
+        }
+    }
+    qk_bitmap_list_free(l, n);
+    return rc;
+}
+
+/* Copy every consistent bitmap of SRC, state and contents, into DST. */
+static int copy_bitmaps(conv *c)
+{
+    qk_bitmap_info *l;
+    size_t n;
+    int rc = 0;
+    if (qk_bitmap_list(c->scan, &l, &n) < 0) {
+        cli_error("%s", qk_errmsg(c->scan));
+        return -1;
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (!l[i].consistent) {
+            fprintf(stderr, "qcowkit: warning: Skipping inconsistent bitmap '%s'\n", l[i].name);
+            continue;
+        }
+        unsigned flags = (l[i].flags & QK_BITMAP_AUTO) ? 0 : QK_BITMAP_ADD_DISABLED;
+        if (qk_bitmap_add(c->out, l[i].name, l[i].granularity, flags) < 0 ||
+            qk_bitmap_merge(c->out, l[i].name, c->scan, l[i].name) < 0) {
+            cli_error("Failed to populate bitmap %s: %s", l[i].name, qk_errmsg(c->out));
+            rc = -1;
+        }
+    }
+    qk_bitmap_list_free(l, n);
+    return rc;
+}
+
 static void convert_usage(FILE *f)
 {
     fprintf(f, "usage: qcowkit convert [-f FMT] [-O raw|qcow2] [-c] [-p] [-q] [-U] [-m N] SRC DST\n"
@@ -465,19 +513,25 @@ static void convert_usage(FILE *f)
                "  -q       quiet\n"
                "  -U       force share: read an image that others are writing\n"
                "  -m N     copy with at most N threads (default: CPUs, at most 4)\n"
-               "  -W       accepted for qemu-img compatibility (writes are always out of order)\n");
+               "  -W       accepted for qemu-img compatibility (writes are always out of order)\n"
+               "  --bitmaps              (qcow2) copy the persistent bitmaps, state and contents\n"
+               "  --skip-broken-bitmaps  with --bitmaps: skip inconsistent bitmaps instead of failing\n");
 }
 
 int cmd_convert(int argc, char **argv)
 {
+    enum { OPT_BITMAPS = 256, OPT_SKIP_BROKEN };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "force-share", no_argument, NULL, 'U' },
+        { "bitmaps", no_argument, NULL, OPT_BITMAPS },
+        { "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
         { NULL, 0, NULL, 0 },
     };
     conv c;
     const char *out_fmt = "raw";
     int progress = 0, quiet = 0, nthreads = default_threads(), opt, rc = 1;
+    int bitmaps = 0, skip_broken = 0;
 
     memset(&c, 0, sizeof c);
     c.fd = -1;
@@ -493,6 +547,8 @@ int cmd_convert(int argc, char **argv)
         case 'W': break;
         case 'c': c.compress = 1; break;
         case 't': case 'T': break; /* cache modes: no effect here */
+        case OPT_BITMAPS: bitmaps = 1; break;
+        case OPT_SKIP_BROKEN: skip_broken = 1; break;
         case 'm': {
             char *end;
             long n = strtol(optarg, &end, 10);
@@ -512,6 +568,10 @@ int cmd_convert(int argc, char **argv)
     }
     if (quiet)
         progress = 0;
+    if (skip_broken && !bitmaps) {
+        cli_error("Use of --skip-broken-bitmaps requires --bitmaps");
+        return 1;
+    }
     if (argc - optind < 2) {
         cli_error("Must specify image file name");
         return 1;
@@ -526,9 +586,17 @@ int cmd_convert(int argc, char **argv)
         cli_error("Unknown file format '%s'", out_fmt);
         return 1;
     }
+    if (bitmaps && strcmp(out_fmt, "qcow2") != 0) {
+        cli_error("Format driver '%s' does not support bitmaps", out_fmt);
+        return 1;
+    }
     if (cli_open_image(&c.scan, c.src, c.fmt, c.open_flags) < 0)
         return 1;
     c.size = qk_size(c.scan);
+    if (bitmaps && check_bitmaps(&c, skip_broken) < 0) {
+        qk_close(c.scan);
+        return 1;
+    }
     pthread_mutex_init(&c.lock, NULL);
     pthread_mutex_init(&c.out_lock, NULL);
 
@@ -546,7 +614,7 @@ int cmd_convert(int argc, char **argv)
     cli_progress_print(&c.progress, 0, 100);
     if (progress && count_data(&c) < 0)
         goto out;
-    if (run_copy(&c, nthreads) == 0) {
+    if (run_copy(&c, nthreads) == 0 && (!bitmaps || copy_bitmaps(&c) == 0)) {
         rc = 0;
         cli_progress_print(&c.progress, 100, 0);
     }

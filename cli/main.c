@@ -18,7 +18,9 @@ static const struct {
     { "map",     cmd_map,     "show the allocation map of an image" },
     { "convert", cmd_convert, "convert an image to another format" },
     { "compare", cmd_compare, "compare the guest contents of two images" },
+    { "resize",  cmd_resize,  "change the virtual size of an image" },
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
+    { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
 };
 
 void cli_error(const char *fmt, ...)

@@ -74,17 +74,8 @@ static int read_table(qk_image *img, struct qk_bitmap *b, uint64_t **out)
         return qk_set_error(img, r, "Could not read bitmap table of '%s': %s", b->name, qk_strerror(r));
     }
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t e = be64_load(&t[i]), off = e & BME_TABLE_OFFSET_MASK;
-        t[i] = e;
-        const char *why = NULL;
-        if (e & BME_TABLE_RESERVED)
-            why = "a bitmap table entry has reserved bits set";
-        else if (off && (e & BME_TABLE_ALL_ONES))
-            why = "a bitmap table entry has both an offset and the all-ones flag";
-        else if (off && !is_aligned(off, img->cluster_size))
-            why = "a bitmap table entry is not cluster aligned";
-        else if (off && off + img->cluster_size > img->file_size)
-            why = "a bitmap data cluster is past the end of the file";
+        t[i] = be64_load(&t[i]);
+        const char *why = bitmap_table_entry_problem(img, t[i]);
         if (why) {
             free(t);
             b->reason = why;
@@ -197,6 +188,13 @@ int bitmap_track_write(qk_image *img, uint64_t off, uint64_t len)
 int bitmap_open_writable(qk_image *img)
 {
     struct qk_header *h = &img->hdr;
+    if (!h->has_bitmaps_ext && (h->autoclear & AUTOCLEAR_BITMAPS)) {
+        /* Bit 0 without the extension (the spec forbids it): QEMU would
+         * take the missing directory for one at offset 0 and refuse every
+         * later write as overlapping it. We do not maintain the bit here. */
+        h->autoclear &= ~AUTOCLEAR_BITMAPS;
+        return image_rewrite_header(img);
+    }
     if (!h->has_bitmaps_ext || (h->autoclear & AUTOCLEAR_BITMAPS && h->version >= 3))
         return 0;
     /* A program without bitmap support wrote the image: the extension
@@ -465,8 +463,6 @@ QK_API int qk_bitmap_add(qk_image *img, const char *name, uint64_t granularity, 
         return qk_set_error(img, QK_E_UNSUPPORTED, "Cannot store dirty bitmaps in qcow2 v2 files");
     if (len == 0)
         return qk_set_error(img, QK_E_INVALID, "Bitmap name cannot be empty");
-    if (len > BME_MAX_NAME_SIZE)
-        return qk_set_error(img, QK_E_INVALID, "Name length exceeds maximum (1023 characters)");
     if (find(img, name))
         return qk_set_error(img, QK_E_EXISTS, "Bitmap already exists: %s", name);
     if (granularity == 0) {
@@ -479,6 +475,9 @@ QK_API int qk_bitmap_add(qk_image *img, const char *name, uint64_t granularity, 
     if (div_round_up(div_round_up(img->size, granularity), 8) > BME_MAX_PHYS_SIZE)
         return qk_set_error(img, QK_E_TOO_LARGE,
                             "Too much space will be occupied by the bitmap. Use larger granularity");
+    /* After the size check, as QEMU's check_constraints_on_bitmap. */
+    if (len > BME_MAX_NAME_SIZE)
+        return qk_set_error(img, QK_E_INVALID, "Name length exceeds maximum (1023 characters)");
     if (img->nb_bitmaps >= MAX_BITMAPS)
         return qk_set_error(img, QK_E_NOSPC_META, "Maximum number of persistent bitmaps is already reached");
     uint64_t dir_size = 0;

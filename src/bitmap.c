@@ -87,6 +87,41 @@ static const char *entry_problem(const qk_image *img, const struct qk_bitmap *b,
     return NULL;
 }
 
+const char *bitmap_table_entry_problem(const qk_image *img, uint64_t e)
+{
+    uint64_t off = e & BME_TABLE_OFFSET_MASK;
+    if (e & BME_TABLE_RESERVED)
+        return "a bitmap table entry has reserved bits set";
+    if (off && (e & BME_TABLE_ALL_ONES))
+        return "a bitmap table entry has both an offset and the all-ones flag";
+    if (off && !is_aligned(off, img->cluster_size))
+        return "a bitmap table entry is not cluster aligned";
+    if (off && off + img->cluster_size > img->file_size)
+        return "a bitmap data cluster is past the end of the file";
+    return NULL;
+}
+
+/* The rule B's table breaks, read in small pieces (QEMU checks the tables
+ * of consistent bitmaps when it opens the image, so `info` should too). */
+static const char *table_problem(qk_image *img, const struct qk_bitmap *b)
+{
+    uint8_t buf[8192];
+    uint64_t left = (uint64_t)b->table_size * 8, off = b->table_offset;
+    while (left > 0) {
+        size_t n = left < sizeof buf ? (size_t)left : sizeof buf;
+        if (io_pread(img->io, buf, n, off) < 0)
+            return "the bitmap table could not be read";
+        for (size_t i = 0; i < n; i += 8) {
+            const char *why = bitmap_table_entry_problem(img, be64_load(buf + i));
+            if (why)
+                return why;
+        }
+        off += n;
+        left -= n;
+    }
+    return NULL;
+}
+
 static int by_name(const void *a, const void *b)
 {
     const struct qk_bitmap *x = *(const struct qk_bitmap *const *)a;
@@ -218,6 +253,8 @@ int bitmap_load_directory(qk_image *img)
             b->reason = "name contains a NUL byte";
         else
             b->reason = entry_problem(img, b, p + len, padded - len);
+        if (!b->reason)
+            b->reason = table_problem(img, b);
         off += padded;
     }
     free(dir);

@@ -137,6 +137,8 @@ void refcount_close(qk_image *img);
 int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value);
 /* Add +1 or -1 to the refcount of every cluster in [off, off+len). */
 int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend);
+/* Allocate the cluster at index CLUSTER if it is free: 0 done, 1 in use. */
+int refcount_alloc_at(qk_image *img, uint64_t cluster);
 /* Allocate N contiguous clusters (refcount 1); *offset gets the first. */
 int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset);
 
@@ -246,6 +248,8 @@ struct qk_bitmap {
  * be parsed leaves every bitmap inconsistent and sets img->bitmap_dir_error. */
 int bitmap_load_directory(qk_image *img);
 void bitmap_free_all(qk_image *img);
+/* The rule a bitmap table entry breaks, or NULL. */
+const char *bitmap_table_entry_problem(const qk_image *img, uint64_t e);
 /* The exact number of table entries a bitmap of granularity 2^GB needs. */
 uint64_t bitmap_table_size(const qk_image *img, unsigned gb);
 
@@ -323,7 +327,7 @@ int image_rewrite_header(qk_image *img);
 int image_mark_dirty(qk_image *img);
 
 struct qk_image {
-    char errmsg[1024];
+    char errmsg[4096];     /* fits a 1023-byte bitmap name twice plus the text */
     char *warnings;
     size_t warnings_len;
 

@@ -47,6 +47,7 @@ int lock_image(qk_image *img)
         if ((unshared & (1u << i)) && (r = img->io->ops->lock_byte(img->io, LOCK_SHARED_BASE + i)) < 0)
             goto fail;
     }
+    /* QEMU tests every permission it takes first, then every one it refuses. */
     for (int i = 0; i < 4; i++) {
         if ((perms & (1u << i)) &&
             (r = img->io->ops->lock_test(img->io, LOCK_SHARED_BASE + i)) != 0) {
@@ -56,6 +57,8 @@ int lock_image(qk_image *img)
                                 "Failed to get \"%s\" lock\nIs another process using the image [%s]?",
                                 perm_names[i], img->filename);
         }
+    }
+    for (int i = 0; i < 4; i++) {
         if ((unshared & (1u << i)) &&
             (r = img->io->ops->lock_test(img->io, LOCK_PERM_BASE + i)) != 0) {
             if (r < 0)

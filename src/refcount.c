@@ -320,6 +320,23 @@ int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset)
     }
 }
 
+int refcount_alloc_at(qk_image *img, uint64_t cluster)
+{
+    int made = 0, r;
+    uint64_t v;
+    if ((r = ensure_block(img, cluster / img->refblock_entries, &made)) < 0 ||
+        (r = refcount_get(img, cluster, &v)) < 0)
+        return r;
+    if (v)
+        return 1;                  /* in use (perhaps by the block just made) */
+    uint64_t off = cluster << img->cluster_bits;
+    if ((r = overlap_check(img, off, img->cluster_size)) < 0 ||
+        (r = refcount_update(img, off, img->cluster_size, 1)) < 0)
+        return r;
+    note_file_end(img, off + img->cluster_size);
+    return 0;
+}
+
 /* Grow the refcount table so that index MIN_INDEX exists. The new table and
  * the blocks that describe it go into a free run; blocks for ranges that had
  * none are made there too and describe themselves and the table. */

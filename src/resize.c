@@ -63,43 +63,35 @@ static int grow_l1(qk_image *img, uint32_t new_size)
     return old_bytes ? refcount_update(img, old_off, old_bytes, -1) : 0;
 }
 
-/* Drop every cluster at or past guest offset START (cluster aligned). */
+/* Drop every cluster at or past guest offset START (cluster aligned). A
+ * shared L2 table (a snapshot's too) is copied first, so the snapshot keeps
+ * its references; a table wholly past the end is then unlinked and freed. */
 static int drop_tail(qk_image *img, uint64_t start)
 {
     uint64_t cs = img->cluster_size, per_l2 = (uint64_t)img->l2_entries * cs;
     int r;
     for (uint64_t l1i = start / per_l2; l1i < img->l1_size; l1i++) {
-        uint64_t e = img->l1[l1i];
-        if (!(e & L1E_OFFSET_MASK))
+        if (!(img->l1[l1i] & L1E_OFFSET_MASK))
             continue;
         uint64_t first = max_u64(start, l1i * per_l2);
-        if (first == l1i * per_l2) {
-            /* The whole table goes: free its clusters, then the table. */
-            for (uint64_t g = first; g < (l1i + 1) * per_l2; g += cs) {
-                struct l2_slot slot;
-                if ((r = l2_entry_get(img, g, &slot)) < 0)
-                    return r;
-                if (slot.entry && (r = write_drop_entry(img, &slot)) < 0)
-                    return r;
-            }
-            if ((r = cache_flush(img->l2_cache)) < 0)
-                return qk_set_error(img, r, "Could not write L2 tables: %s", qk_strerror(r));
-            if ((r = l1_entry_set(img, l1i, 0)) < 0)
-                return r;
-            cache_forget(img->l2_cache, e & L1E_OFFSET_MASK);
-            if ((r = refcount_update(img, e & L1E_OFFSET_MASK, cs, -1)) < 0)
-                return r;
-            continue;
-        }
         for (uint64_t g = first; g < (l1i + 1) * per_l2; g += cs) {
             struct l2_slot slot;
             if ((r = l2_entry_get(img, g, &slot)) < 0)
                 return r;
-            if (slot.entry || slot.bitmap) {
-                if ((r = l2_prepare_write(img, &slot)) < 0 || (r = write_drop_entry(img, &slot)) < 0)
-                    return r;
-            }
+            if ((slot.entry || slot.bitmap) &&
+                ((r = l2_prepare_write(img, &slot)) < 0 || (r = write_drop_entry(img, &slot)) < 0))
+                return r;
         }
+        if (first != l1i * per_l2)
+            continue;
+        uint64_t e = img->l1[l1i];
+        if ((r = cache_flush(img->l2_cache)) < 0)
+            return qk_set_error(img, r, "Could not write L2 tables: %s", qk_strerror(r));
+        if ((r = l1_entry_set(img, l1i, 0)) < 0)
+            return r;
+        cache_forget(img->l2_cache, e & L1E_OFFSET_MASK);
+        if ((r = refcount_update(img, e & L1E_OFFSET_MASK, cs, -1)) < 0)
+            return r;
     }
     return 0;
 }
@@ -120,9 +112,6 @@ QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags)
         img->size = img->file_size = size;
         return 0;
     }
-    if (size < img->size && img->nb_snapshots)
-        return qk_set_error(img, QK_E_UNSUPPORTED,
-                            "qcow2 doesn't support shrinking images with snapshots");
     if (size != img->size && (r = bitmap_resize_all(img, size)) < 0)
         return r;
     uint64_t per_l2 = (uint64_t)img->l2_entries * img->cluster_size;

@@ -86,6 +86,11 @@ static int write_cluster(qk_image *img, uint64_t cstart, uint64_t a, uint64_t n,
     uint64_t host = old & L2E_OFFSET_MASK;
     int compressed = (old & OFLAG_COMPRESSED) != 0;
     int in_place = entry_allocated(img, old) && (old & OFLAG_COPIED);
+    /* A cluster of ours wholly past the end of the file cannot come from a
+     * sane image: writing there could grow the file without bound. */
+    if (in_place && !has_data_file(img) && host >= ((img->file_size + cs - 1) & ~(cs - 1)))
+        return QK_CORRUPT(img, "Data cluster offset %#llx is past the end of the file",
+                          (unsigned long long)host);
     uint32_t u0 = (uint32_t)(a / unit), u1 = (uint32_t)((a + n - 1) / unit);
 
     /* Fast path: our own cluster whose touched units already hold data. */
@@ -445,22 +450,30 @@ QK_API uint32_t qk_cluster_size(const qk_image *img)
 }
 
 /* Find LEN bytes for compressed data, packed after the previous compressed
- * cluster as QEMU's qcow2_alloc_bytes does: the host cluster holding the
- * start gets one more reference per user; a run into the next cluster needs
- * that cluster to be free (or already ours) and contiguous. */
+ * cluster as QEMU's qcow2_alloc_bytes does: every host cluster the bytes
+ * touch gets one more reference; a run past the partly used cluster takes
+ * the next cluster when that one is free, else starts afresh. */
 static int alloc_bytes(qk_image *img, size_t len, uint64_t *out)
 {
     uint64_t cs = img->cluster_size;
     uint64_t off = img->free_byte_offset;
     int r;
-    if (off && (off & (cs - 1)) && (off & (cs - 1)) + len <= cs) {
-        /* Fits in the partly used cluster: one more reference to it. */
-        if ((r = refcount_update(img, off & ~(cs - 1), cs, 1)) < 0)
+    if (off && (off & (cs - 1))) {
+        uint64_t cur = off & ~(cs - 1);
+        if ((off & (cs - 1)) + len > cs) {
+            /* Spill into the next cluster, if it is free. */
+            if ((r = refcount_alloc_at(img, (cur >> img->cluster_bits) + 1)) < 0)
+                return r;
+            if (r == 1)
+                goto fresh;
+        }
+        if ((r = refcount_update(img, cur, cs, 1)) < 0)
             return r;
         *out = off;
         img->free_byte_offset = off + len;
         return 0;
     }
+fresh:;
     uint64_t n = div_round_up(len, cs), start;
     if ((r = refcount_alloc(img, n, &start)) < 0)
         return r;
