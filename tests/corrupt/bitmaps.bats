@@ -65,6 +65,7 @@ qk_json() {
 # listed NAME REASON_RE [OTHER]: the design's outcome for a bitmap listed inconsistent (header).
 listed() {
     local n="$1" re="$2" other="${3:-b1}" sum a
+    repaired_by_check
     qk info "$IMG"
     [[ $status == 0 ]] || { echo "info failed: $output" >&2; return 1; }
     grep -qxF "            name: $n" <<<"$output" || { echo "$n not listed: $output" >&2; return 1; }
@@ -85,6 +86,26 @@ listed() {
 
 # removed LEAKS NAME...: --remove each NAME works; qemu-img check then finds LEAKS leaked
 # clusters (0: "No errors") and nothing else.
+# repaired_by_check: on a copy of the damaged image, `qcowkit check` reports a
+# bitmap problem and `check -r all` repairs it: qemu-img then opens the image
+# and finds it clean (the issue's promise beyond QEMU, whose check cannot even
+# open most of these images).
+repaired_by_check() {
+    local c="$BATS_TEST_TMPDIR/by-check.qcow2"
+    cp "$IMG" "$c"
+    run "$QCOWKIT" check "$c"
+    assert_no_sanitizer
+    [[ $output == *itmap* ]] || { echo "check did not report the bitmap: $status $output" >&2; return 1; }
+    run "$QCOWKIT" check -r all "$c"
+    assert_no_sanitizer
+    [[ $status == 0 ]] || { echo "check -r all: $status $output" >&2; return 1; }
+    run qemu-img check "$c"
+    [[ $status == 0 && $output == *"No errors were found on the image."* ]] ||
+        { echo "qemu-img check after check -r all: $status $output" >&2; return 1; }
+    run qemu-img info "$c"
+    [[ $status == 0 ]] || { echo "qemu-img info after check -r all: $output" >&2; return 1; }
+}
+
 removed() {
     local leaks="$1" n
     shift
@@ -104,6 +125,7 @@ removed() {
 # unlisted RULE_RE LEAKS: extension-level damage (see the header).
 unlisted() {
     local re="$1" leaks="$2" a
+    repaired_by_check
     qk info "$IMG"
     [[ $status == 0 && $output == *"qcowkit: warning: bitmaps: "*$re* && $output != *"name: b0"* ]] ||
         { echo "info: $status $output" >&2; return 1; }
