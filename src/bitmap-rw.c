@@ -480,16 +480,12 @@ QK_API int qk_bitmap_add(qk_image *img, const char *name, uint64_t granularity, 
         return qk_set_error(img, QK_E_INVALID, "Name length exceeds maximum (1023 characters)");
     if (img->nb_bitmaps >= MAX_BITMAPS)
         return qk_set_error(img, QK_E_NOSPC_META, "Maximum number of persistent bitmaps is already reached");
-    uint64_t dir_size = 0;
-    for (uint32_t i = 0; i < img->nb_bitmaps; i++)
-        dir_size += entry_size(&img->bitmaps[i]);
-    if (dir_size + ((BME_FIXED_SIZE + len + 7) & ~7ull) > MAX_BITMAP_DIR_SIZE)
+    if (img->bitmap_dir_bytes + ((BME_FIXED_SIZE + len + 7) & ~7ull) > MAX_BITMAP_DIR_SIZE)
         return qk_set_error(img, QK_E_NOSPC_META, "Not enough space in the bitmap directory");
 
-    struct qk_bitmap *v = realloc(img->bitmaps, (img->nb_bitmaps + 1) * sizeof *v);
+    struct qk_bitmap *v = bitmap_slots(img, img->nb_bitmaps + 1);
     if (!v)
         return qk_set_error(img, -ENOMEM, "Out of memory");
-    img->bitmaps = v;
     struct qk_bitmap *b = &v[img->nb_bitmaps];
     memset(b, 0, sizeof *b);
     if (!(b->name = strdup(name)) || (r = dirty_new(&b->dirty, img->size, gb, img->cluster_size)) < 0) {
@@ -500,6 +496,7 @@ QK_API int qk_bitmap_add(qk_image *img, const char *name, uint64_t granularity, 
     b->gran_bits = (uint8_t)gb;
     b->name_size = (uint16_t)len;
     b->flags = (flags & QK_BITMAP_ADD_DISABLED) ? 0 : BME_FLAG_AUTO;
+    img->bitmap_dir_bytes += entry_size(b);
     img->nb_bitmaps++;
     img->bitmaps_changed = 1;
     return 0;
@@ -517,6 +514,7 @@ QK_API int qk_bitmap_remove(qk_image *img, const char *name)
     if (!v)
         return qk_set_error(img, -ENOMEM, "Out of memory");
     img->removed = v;
+    img->bitmap_dir_bytes -= entry_size(b);
     v[img->nb_removed++] = *b;
     uint32_t i = (uint32_t)(b - img->bitmaps);
     memmove(b, b + 1, (img->nb_bitmaps - i - 1) * sizeof *b);

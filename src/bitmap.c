@@ -31,7 +31,23 @@ void bitmap_free_all(qk_image *img)
     free(img->bitmaps);
     free(img->removed);
     img->bitmaps = img->removed = NULL;
-    img->nb_bitmaps = img->nb_removed = 0;
+    img->nb_bitmaps = img->nb_removed = img->bitmaps_cap = 0;
+    img->bitmap_dir_bytes = 0;
+}
+
+struct qk_bitmap *bitmap_slots(qk_image *img, uint32_t n)
+{
+    if (n <= img->bitmaps_cap)
+        return img->bitmaps;
+    uint32_t cap = img->bitmaps_cap ? img->bitmaps_cap : 8;
+    while (cap < n)
+        cap *= 2;
+    struct qk_bitmap *v = realloc(img->bitmaps, (size_t)cap * sizeof *v);
+    if (!v)
+        return NULL;
+    img->bitmaps = v;
+    img->bitmaps_cap = cap;
+    return v;
 }
 
 static void dir_error(qk_image *img, const char *msg)
@@ -221,7 +237,7 @@ int bitmap_load_directory(qk_image *img)
             all_reason = all_reason ? all_reason : "Broken bitmap directory";
             break;
         }
-        struct qk_bitmap *v = realloc(img->bitmaps, (count + 1) * sizeof *v);
+        struct qk_bitmap *v = bitmap_slots(img, count + 1);
         if (!v) {
             free(dir);
             return qk_set_error(img, -ENOMEM, "Out of memory reading the bitmap directory");
@@ -255,6 +271,7 @@ int bitmap_load_directory(qk_image *img)
             b->reason = entry_problem(img, b, p + len, padded - len);
         if (!b->reason)
             b->reason = table_problem(img, b);
+        img->bitmap_dir_bytes += padded;
         off += padded;
     }
     free(dir);

@@ -251,6 +251,8 @@ struct qk_bitmap {
  * be parsed leaves every bitmap inconsistent and sets img->bitmap_dir_error. */
 int bitmap_load_directory(qk_image *img);
 void bitmap_free_all(qk_image *img);
+/* img->bitmaps with room for N entries (grown geometrically), or NULL. */
+struct qk_bitmap *bitmap_slots(qk_image *img, uint32_t n);
 /* The rule a bitmap table entry breaks, or NULL. */
 const char *bitmap_table_entry_problem(const qk_image *img, uint64_t e);
 /* The exact number of table entries a bitmap of granularity 2^GB needs. */
@@ -392,6 +394,8 @@ struct qk_image {
     char bitmap_dir_reason[256];
     int bitmaps_in_use;    /* consistent bitmaps are marked in_use on disk */
     int bitmaps_changed;   /* the directory must be stored on close */
+    uint64_t bitmap_dir_bytes; /* size of a directory of the current bitmaps */
+    uint32_t bitmaps_cap;  /* slots allocated in img->bitmaps */
     struct qk_bitmap *removed; /* removed this session: freed after the store */
     uint32_t nb_removed;
 
