@@ -447,28 +447,12 @@ static int create_qcow2(conv *c)
     return 0;
 }
 
-static int check_bitmaps(conv *c, int skip_broken)
-{
-    qk_bitmap_info *l;
-    size_t n;
-    int rc = 0;
-    if (qk_bitmap_list(c->scan, &l, &n) < 0) {
-        cli_error("%s", qk_errmsg(c->scan));
-        return -1;
-    }
-    for (size_t i = 0; i < n && !rc; i++) {
-        if (!l[i].consistent && !skip_broken) {
-            cli_error("Cannot copy inconsistent bitmap '%s'", l[i].name);
-            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n");
-            rc = -1;
-        }
-    }
-    qk_bitmap_list_free(l, n);
-    return rc;
-}
-
-/* Copy every consistent bitmap of SRC, state and contents, into DST. */
-static int copy_bitmaps(conv *c)
+/* --bitmaps, in two passes over SRC's bitmaps as QEMU makes them: before the
+ * copy (COPY 0) an inconsistent bitmap refuses the conversion unless
+ * SKIP_BROKEN; after it (COPY 1) every consistent bitmap is recreated in DST
+ * with its granularity, state and contents, and inconsistent ones are
+ * skipped with a warning. */
+static int bitmaps_pass(conv *c, int skip_broken, int copy)
 {
     qk_bitmap_info *l;
     size_t n;
@@ -479,9 +463,17 @@ static int copy_bitmaps(conv *c)
     }
     for (size_t i = 0; i < n && !rc; i++) {
         if (!l[i].consistent) {
-            fprintf(stderr, "qcowkit: warning: Skipping inconsistent bitmap '%s'\n", l[i].name);
+            if (copy) {
+                fprintf(stderr, "qcowkit: warning: Skipping inconsistent bitmap '%s'\n", l[i].name);
+            } else if (!skip_broken) {
+                cli_error("Cannot copy inconsistent bitmap '%s'", l[i].name);
+                fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n");
+                rc = -1;
+            }
             continue;
         }
+        if (!copy)
+            continue;
         unsigned flags = (l[i].flags & QK_BITMAP_AUTO) ? 0 : QK_BITMAP_ADD_DISABLED;
         if (qk_bitmap_add(c->out, l[i].name, l[i].granularity, flags) < 0 ||
             qk_bitmap_merge(c->out, l[i].name, c->scan, l[i].name) < 0) {
@@ -584,7 +576,7 @@ int cmd_convert(int argc, char **argv)
     if (cli_open_image(&c.scan, c.src, c.fmt, c.open_flags) < 0)
         return 1;
     c.size = qk_size(c.scan);
-    if (bitmaps && check_bitmaps(&c, skip_broken) < 0) {
+    if (bitmaps && bitmaps_pass(&c, skip_broken, 0) < 0) {
         qk_close(c.scan);
         return 1;
     }
@@ -605,7 +597,7 @@ int cmd_convert(int argc, char **argv)
     cli_progress_print(&c.progress, 0, 100);
     if (progress && count_data(&c) < 0)
         goto out;
-    if (run_copy(&c, nthreads) == 0 && (!bitmaps || copy_bitmaps(&c) == 0)) {
+    if (run_copy(&c, nthreads) == 0 && (!bitmaps || bitmaps_pass(&c, 1, 1) == 0)) {
         rc = 0;
         cli_progress_print(&c.progress, 100, 0);
     }
