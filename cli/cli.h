@@ -35,11 +35,12 @@ int cli_has_help_option(const char *list);
 void cli_print_option_help(const char *fmt, const char *filename);
 /* convert's creation of FILENAME (FMT qcow2 or raw, SIZE bytes): the -o list
  * OPTIONS (or NULL), -B BASE and -F BASE_FMT (or NULL), checked in qemu-img
- * convert's order and with its messages (COMPRESSED: -c was given, which
- * refuses preallocation), then created without opening the backing file.
+ * convert's order and with its messages (NSRC: the number of sources, more
+ * than one refuses a backing file; COMPRESSED: -c was given, which refuses
+ * raw and preallocation), then created without opening the backing file.
  * *BACKING gets the target's backing file name (malloc'd) or NULL. Returns 0,
  * or -1 after printing the error. */
 int cli_convert_create(const char *filename, const char *fmt, const char *options, const char *base,
-                       const char *base_fmt, uint64_t size, int compressed, char **backing);
+                       const char *base_fmt, uint64_t size, int nsrc, int compressed, char **backing);
 
 #endif

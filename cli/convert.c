@@ -1003,15 +1003,15 @@ static int setup_target(conv *c, conv_args *a, int direct)
     char *backing = NULL;
 
     if (!a->skip_create) {
-        if (cli_convert_create(c->dst, a->out_fmt, a->options, a->base, a->base_fmt, c->size, c->compress,
-                               &backing) < 0)
+        if (cli_convert_create(c->dst, a->out_fmt, a->options, a->base, a->base_fmt, c->size, c->nsrc,
+                               c->compress, &backing) < 0)
             return -1;
         c->target_has_backing = backing != NULL;
         free(backing);
     } else {
         c->target_has_backing = a->base != NULL;
     }
-    if (c->target_has_backing && c->nsrc > 1) {
+    if (a->skip_create && c->target_has_backing && c->nsrc > 1) {
         cli_error("Having a backing file for the target makes no sense when concatenating multiple input images");
         return -1;
     }
