@@ -25,6 +25,7 @@
  *     QEMU does; for zstd several frames may fill one cluster.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
 #include <zlib.h>
@@ -178,6 +179,36 @@ static int deflate_raw(const uint8_t *in, size_t inlen, uint8_t *out, size_t *ou
 #endif
 }
 
+#ifdef QK_HAVE_ZSTD
+/* One zstd compression context per thread, kept between calls (making one
+ * costs about as much as compressing a 64 KiB cluster); freed when the
+ * thread exits. */
+static pthread_key_t cctx_key;
+static pthread_once_t cctx_once = PTHREAD_ONCE_INIT;
+
+static void cctx_free(void *p)
+{
+    ZSTD_freeCCtx(p);
+}
+
+static void cctx_key_init(void)
+{
+    if (pthread_key_create(&cctx_key, cctx_free) != 0)
+        abort();
+}
+
+static ZSTD_CCtx *thread_cctx(void)
+{
+    pthread_once(&cctx_once, cctx_key_init);
+    ZSTD_CCtx *c = pthread_getspecific(cctx_key);
+    if (!c && (c = ZSTD_createCCtx()) && pthread_setspecific(cctx_key, c) != 0) {
+        ZSTD_freeCCtx(c);
+        c = NULL;
+    }
+    return c;
+}
+#endif
+
 QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen)
 {
     switch (type) {
@@ -185,7 +216,10 @@ QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t
         return deflate_raw(in, inlen, out, outlen);
 #ifdef QK_HAVE_ZSTD
     case 1: {
-        size_t r = ZSTD_compress(out, *outlen, in, inlen, ZSTD_CLEVEL_DEFAULT);
+        ZSTD_CCtx *cctx = thread_cctx();
+        if (!cctx)
+            return -ENOMEM;
+        size_t r = ZSTD_compressCCtx(cctx, out, *outlen, in, inlen, ZSTD_CLEVEL_DEFAULT);
         if (ZSTD_isError(r))
             return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EINVAL;
         *outlen = r;
