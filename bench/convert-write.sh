@@ -11,37 +11,17 @@
 # removed at exit.
 #
 # Env: QCOWKIT (default: build/qcowkit next to this script), BENCH_RUNS (3), BENCH_SIZE_MB (2048,
-#      the half-sparse file), BENCH_COMPRESS_MB (512), BENCH_PRIORITY=1 (as in bench/convert.sh).
+#      the half-sparse file), BENCH_COMPRESS_MB (512), BENCH_PRIORITY=1 (see bench/common.bash).
 set -euo pipefail
 
-if [[ ${BENCH_PRIORITY:-0} == 1 && -z ${_QK_BENCH_SESSION:-} && -w /proc/self/autogroup ]]; then
-    exec env _QK_BENCH_SESSION=1 setsid -w bash -c 'echo -15 >/proc/self/autogroup; exec bash "$0"' "$0"
-fi
-
-here=$(cd "$(dirname "$0")" && pwd)
-QCOWKIT=${QCOWKIT:-$here/../build/qcowkit}
-RUNS=${BENCH_RUNS:-3}
+# shellcheck source=common.bash
+source "$(dirname "$0")/common.bash"
+bench_init convert-write
 SIZE_MB=${BENCH_SIZE_MB:-2048}
 COMP_MB=${BENCH_COMPRESS_MB:-512}
 
-for t in qemu-img "$QCOWKIT"; do
-    if ! command -v "$t" >/dev/null 2>&1; then
-        echo "bench/convert-write.sh: $t not found" >&2
-        exit 77
-    fi
-done
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qk-bench-convert-write.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-
-# Half-sparse source: 1 MiB blocks of base64 text at every other MiB of a sparse raw file.
-half_mb=$((SIZE_MB / 2))
-head -c $((half_mb * 3 / 4))M /dev/urandom | base64 -w0 | head -c ${half_mb}M >"$tmp/data"
-truncate -s ${SIZE_MB}M "$tmp/half.raw"
-for ((i = 0; i < half_mb; i++)); do
-    dd if="$tmp/data" of="$tmp/half.raw" bs=1M skip=$i seek=$((2 * i)) count=1 conv=notrunc status=none
-done
-rm -f "$tmp/data"
+# Half-sparse source: 1 MiB of base64 text at every other MiB of a sparse raw file.
+make_half_sparse "$tmp/half.raw" "$SIZE_MB"
 qemu-img convert -O qcow2 "$tmp/half.raw" "$tmp/half.qcow2"
 # Compressible source: text (numbers and words, about 4:1 with zlib) with a quarter of random
 # base64 (about 4:3), fully allocated.
@@ -53,31 +33,14 @@ qemu-img convert -O qcow2 "$tmp/half.raw" "$tmp/half.qcow2"
 } >"$tmp/text.raw"
 sync # the sources' dirty pages would otherwise slow the first runs' writes
 
-# run_timed CMD...: run CMD once; prints "WALL_MS CPU_MS" (CPU = user + system).
-run_timed() {
-    local TIMEFORMAT='%3R %3U %3S' r u s
-    rm -f "$tmp/out.qcow2"
-    { time "$@" >/dev/null 2>"$tmp/err"; } 2>"$tmp/time" || { cat "$tmp/err" >&2; return 1; }
-    read -r r u s <"$tmp/time"
-    awk -v r="$r" -v u="$u" -v s="$s" 'BEGIN { printf "%d %d\n", r * 1000, (u + s) * 1000 }'
-}
-
-min() { if [[ -z $1 || $2 -lt $1 ]]; then echo "$2"; else echo "$1"; fi; }
 
 # bench LABEL TARGET SRC OPTIONS...: time `convert OPTIONS SRC out.qcow2` with both tools,
 # compare both outputs with SRC and print one line; TARGET is the highest acceptable ratio.
 fail=0
 bench() {
-    local label=$1 target=$2 src=$3 q="" qc="" k="" kc="" w c r
+    local label=$1 target=$2 src=$3
     shift 3
-    cat "$src" >/dev/null # warm the page cache so both tools start equal
-    for ((r = 0; r < RUNS; r++)); do
-        read -r w c < <(run_timed qemu-img convert "$@" "$src" "$tmp/out.qcow2")
-        q=$(min "$q" "$w"); qc=$(min "$qc" "$c")
-        mv "$tmp/out.qcow2" "$tmp/ref.qcow2"
-        read -r w c < <(run_timed "$QCOWKIT" convert "$@" "$src" "$tmp/out.qcow2")
-        k=$(min "$k" "$w"); kc=$(min "$kc" "$c")
-    done
+    time_convert qcow2 "$src" "$@"
     for f in ref out; do
         if ! qemu-img compare -q "$src" "$tmp/$f.qcow2" || ! qemu-img check -q "$tmp/$f.qcow2"; then
             echo "bench/convert-write.sh: $label: the $f output differs from the source or is not clean" >&2
@@ -87,7 +50,7 @@ bench() {
     local ksz qsz
     ksz=$(stat -c %s "$tmp/out.qcow2") qsz=$(stat -c %s "$tmp/ref.qcow2")
     rm -f "$tmp/ref.qcow2" "$tmp/out.qcow2"
-    awk -v l="$label" -v k="$k" -v q="$q" -v kc="$kc" -v qc="$qc" -v t="$target" -v ks="$ksz" -v qs="$qsz" 'BEGIN {
+    awk -v l="$label" -v k="$K" -v q="$Q" -v kc="$KC" -v qc="$QC" -v t="$target" -v ks="$ksz" -v qs="$qsz" 'BEGIN {
         r = q > 0 ? k / q : 0
         printf "convert %-44s qcowkit %6.3f s  qemu-img %6.3f s  ratio %.2f (target <= %s%s)   (CPU: qcowkit %.3f s, qemu-img %.3f s; file %d / %d MiB)\n",
                l ":", k / 1000, q / 1000, r, t, r <= t ? "" : ", MISSED", kc / 1000, qc / 1000, ks / 1048576, qs / 1048576 }'
@@ -98,7 +61,5 @@ bench "-O qcow2, ${SIZE_MB} MiB qcow2, half allocated" 1.0 "$tmp/half.qcow2" -O 
 bench "-c -O qcow2 (zlib), ${COMP_MB} MiB text" 0.7 "$tmp/text.raw" -c -O qcow2
 bench "-c -O qcow2 (zstd), ${COMP_MB} MiB text" 0.7 "$tmp/text.raw" -c -O qcow2 -o compression_type=zstd
 
-if [[ -r /proc/pressure/cpu ]]; then
-    echo "(CPU pressure during the run: $(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu)% of the time some task waited for a CPU)"
-fi
+cpu_pressure
 exit $fail
