@@ -1121,8 +1121,11 @@ int cmd_convert(int argc, char **argv)
         goto out;
     if (a.cache && parse_cache(a.cache, &c.flush_at_end, &direct) < 0) {
         /* qemu-img creates DST before it looks at -t. */
-        if (!a.skip_create && setup_target(&c, &a, 0) == 0)
+        char *backing = NULL;
+        if (a.skip_create || cli_convert_create(c.dst, a.out_fmt, a.options, a.base, a.base_fmt, c.size, c.nsrc,
+                                                c.compress, &backing) == 0)
             cli_error("Invalid cache option: %s", a.cache);
+        free(backing);
         goto out;
     }
     if (setup_target(&c, &a, direct) < 0 || (c.target_has_backing && backing_sizes(&c) < 0))

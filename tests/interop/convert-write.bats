@@ -99,6 +99,7 @@ both_fail() {
     both_fail convert -O qcow2 -C -S 0 a.qcow2 o.qcow2
     both_fail convert -O qcow2 -C --salvage a.qcow2 o.qcow2
     both_fail convert -O qcow2 -T bogus a.qcow2 o.qcow2
+    both_fail convert -O qcow2 -n -t bogus a.qcow2 ex.qcow2
     both_fail convert -O qcow2 -r x a.qcow2 o.qcow2
     both_fail convert -O qcow2 --target-is-zero a.qcow2 o.qcow2
     both_fail convert -O qcow2 -n -o cluster_size=4k a.qcow2 ex.qcow2
