@@ -1033,6 +1033,11 @@ static int setup_target(conv *c, conv_args *a, int direct)
         cli_error("output file is smaller than input file");
         return -1;
     }
+    if (a->target_is_zero && c->target_has_backing) {
+        /* qemu-img 7.2 prints this and exits 0 without copying anything. */
+        cli_error("Cannot use --target-is-zero when the destination image has a backing file");
+        return -1;
+    }
     c->zero_init = a->target_is_zero || (!a->skip_create && c->sparse && !c->target_has_backing);
     if (f == QK_FMT_RAW)
         c->in_order = 0;

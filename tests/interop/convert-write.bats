@@ -178,6 +178,9 @@ both_fail() {
     mk ex2.qcow2 4M
     wr ex2.qcow2 'write -P 0xee 0 64k'
     "$QCOWKIT" convert -O qcow2 -n --target-is-zero a.qcow2 ex2.qcow2
+    # with a backing file: qemu-img's message (it then exits 0 having copied nothing; we exit 1)
+    run "$QCOWKIT" convert -O qcow2 -n --target-is-zero -B a.qcow2 a.qcow2 ex2.qcow2
+    [[ $status == 1 && $output == *"Cannot use --target-is-zero when the destination image has a backing file"* ]]
     qemu-io -c 'read -P 0xee 0 64k' -c 'read -P 1 1M 64k' ex2.qcow2 | grep -qv Pattern
 }
 
