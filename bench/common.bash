@@ -8,7 +8,8 @@
 #   make_half_sparse FILE MB  a sparse raw FILE of MB MiB with 1 MiB of base64 text (it compresses
 #                      to about 3/4) at every other MiB.
 #   time_convert EXT SRC OPTIONS...  time `convert OPTIONS SRC $tmp/out.EXT` with qemu-img and
-#                      qcowkit, RUNS times alternating, after warming the page cache with SRC;
+#                      qcowkit, RUNS times alternating, after warming the page cache with SRC,
+#                      each run after a sync;
 #                      sets Q/QC (qemu-img's best wall/CPU ms) and K/KC (qcowkit's); leaves
 #                      qemu-img's output in $tmp/ref.EXT and qcowkit's in $tmp/out.EXT.
 #   min A B            the smaller of two integers, A may be empty.
@@ -56,9 +57,11 @@ time_convert() { # EXT SRC OPTIONS...
     cat "$src" >/dev/null # warm the page cache so both tools start equal
     for ((r = 0; r < RUNS; r++)); do
         rm -f "$tmp/out.$ext"
+        sync # no writeback of an earlier output during the run
         read -r w c < <(run_timed qemu-img convert "$@" "$src" "$tmp/out.$ext")
         Q=$(min "$Q" "$w") QC=$(min "$QC" "$c")
         mv "$tmp/out.$ext" "$tmp/ref.$ext"
+        sync
         read -r w c < <(run_timed "$QCOWKIT" convert "$@" "$src" "$tmp/out.$ext")
         K=$(min "$K" "$w") KC=$(min "$KC" "$c")
     done
