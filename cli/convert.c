@@ -142,12 +142,13 @@ static void fail(conv *c, const char *what, uint64_t off, const char *why)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* A library call on IMG failed with RC while WHAT at OFF. */
+/* A library call on IMG failed with RC while WHAT at OFF (QEMU's block layer says ENOTSUP where
+ * the library says QK_E_UNSUPPORTED, e.g. compressed writes with an external data file). */
 static void fail_img(conv *c, qk_image *img, const char *what, uint64_t off, int rc)
 {
     pthread_mutex_lock(&c->lock);
     if (!c->failed) {
-        fail_locked(c, what, off, cli_io_strerror(rc));
+        fail_locked(c, what, off, rc == QK_E_UNSUPPORTED ? strerror(ENOTSUP) : cli_io_strerror(rc));
         cli_io_detail(img, rc);
     }
     pthread_mutex_unlock(&c->lock);
