@@ -19,7 +19,7 @@
 #include "endian.h"
 #include "internal.h"
 
-static int grow_l1(qk_image *img, uint32_t new_size)
+int resize_grow_l1(qk_image *img, uint32_t new_size)
 {
     uint64_t bytes = (uint64_t)new_size * 8, off;
     uint64_t clusters = div_round_up(bytes, img->cluster_size);
@@ -119,7 +119,7 @@ QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags)
     if (l1_needed > MAX_L1_BYTES / 8)
         return qk_set_error(img, QK_E_TOO_LARGE,
                             "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
-    if (size > img->size && l1_needed > img->l1_size && (r = grow_l1(img, (uint32_t)l1_needed)) < 0)
+    if (size > img->size && l1_needed > img->l1_size && (r = resize_grow_l1(img, (uint32_t)l1_needed)) < 0)
         return r;
     if (size < img->size) {
         uint64_t cs = img->cluster_size;
