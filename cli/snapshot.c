@@ -129,12 +129,28 @@ int cmd_snapshot(int argc, char **argv)
         return cli_usage_error("Expecting one image file name");
     if (!action)
         action = ACT_LIST;
-    if (action != ACT_LIST)
+    if (action != ACT_LIST) {
+        if (flags & QK_OPEN_FORCE_SHARE) {
+            cli_error("Could not open '%s': force-share=on can only be used with read-only images", argv[optind]);
+            return 1;
+        }
         flags |= QK_OPEN_RDWR;
+    }
 
     qk_image *img;
+    qk_info *info;
     if (cli_open_image(&img, argv[optind], fmt, flags) < 0)
         return 1;
+    /* qemu-img warns at each read-write open of a probed raw image (-a opens
+     * it twice). */
+    if (!fmt && action != ACT_LIST && qk_get_info(img, &info) == 0) {
+        for (int i = 0; info->format == QK_FMT_RAW && i < (action == ACT_APPLY ? 2 : 1); i++)
+            fprintf(stderr, "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+                    "         Automatically detecting the format is dangerous for raw images, write "
+                    "operations on block 0 will be restricted.\n"
+                    "         Specify the 'raw' format explicitly to remove the restrictions.\n", argv[optind]);
+        qk_info_free(info);
+    }
     int rc = run(img, action, snap, quiet);
     if (qk_close(img) < 0 && rc == 0) {
         cli_error("Could not close the image");

@@ -262,6 +262,8 @@ static int update_refcounts(qk_image *img, uint64_t *l1, uint32_t l1_size, uint6
         }
     }
     free(buf);
+    if (r == QK_E_TOO_LARGE)
+        return -EINVAL;            /* a refcount would overflow: QEMU's -EINVAL */
     if (r == 0)
         r = qk_flush(img);
     if (r == 0 && addend >= 0 && l1_modified && l1_size) {
@@ -292,13 +294,14 @@ static int snapshot_refcounts(qk_image *img, const struct qk_snapshot *sn, int a
 }
 
 /* What every write operation here needs; -ENOTSUP as QEMU for an external
- * data file (its snapshot code refuses them). */
-static int check_modifiable(qk_image *img)
+ * data file (its snapshot code refuses them); RAW_CODE for a raw image
+ * (qemu-img: -ENOTSUP from create, its own message from apply). */
+static int check_modifiable(qk_image *img, int raw_code)
 {
     if (!img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The image is not open");
     if (img->fmt != QK_FMT_QCOW2)
-        return qk_set_error(img, -ENOTSUP, "Internal snapshots need a qcow2 image");
+        return qk_set_error(img, raw_code, "Block driver does not support snapshots");
     if (!img->writable)
         return qk_set_error(img, QK_E_READONLY, "The image is opened read-only");
     if (img->broken)
@@ -323,7 +326,7 @@ static int find(const qk_image *img, const char *id_or_name)
 QK_API int qk_snapshot_create(qk_image *img, const char *name)
 {
     int r;
-    if ((r = check_modifiable(img)) < 0)
+    if ((r = check_modifiable(img, -ENOTSUP)) < 0)
         return r;
     if (!name || strlen(name) > UINT16_MAX)
         return qk_set_error(img, QK_E_INVALID, "Invalid snapshot name");
@@ -445,7 +448,7 @@ static int mark_changed(qk_image *img, const uint64_t *sn_l1, uint32_t sn_size, 
 QK_API int qk_snapshot_apply(qk_image *img, const char *id_or_name)
 {
     int r, idx;
-    if ((r = check_modifiable(img)) < 0)
+    if ((r = check_modifiable(img, QK_E_UNSUPPORTED)) < 0)
         return r;
     if (!id_or_name || (idx = find(img, id_or_name)) < 0)
         return qk_set_error(img, -ENOENT, "Snapshot '%s' not found", id_or_name ? id_or_name : "");
@@ -487,7 +490,7 @@ QK_API int qk_snapshot_apply(qk_image *img, const char *id_or_name)
 QK_API int qk_snapshot_delete(qk_image *img, const char *id_or_name)
 {
     int r, idx;
-    if ((r = check_modifiable(img)) < 0)
+    if ((r = check_modifiable(img, QK_E_UNSUPPORTED)) < 0)
         return r;
     if (!id_or_name || (idx = find(img, id_or_name)) < 0)
         return qk_set_error(img, -ENOENT, "Can't find the snapshot");
