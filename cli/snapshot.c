@@ -2,7 +2,7 @@
  * snapshot.c - `qcowkit snapshot [-l | -a SNAP | -c SNAP | -d SNAP] [-f FMT]
  * [-q] [-U] IMG`: internal snapshots as `qemu-img snapshot` (7.2) handles
  * them: the same list layout, messages and exit codes (0, or 1 on any
- * failure). No action lists. -a looks SNAP up by id, then by name; -d by
+ * failure). Without an action the image is only opened (as qemu-img). -a looks SNAP up by id, then by name; -d by
  * name only (qemu-img's bdrv_snapshot_find); -c truncates the name to 255
  * bytes (QEMU's QEMUSnapshotInfo.name).
  *
@@ -24,7 +24,7 @@ static void snapshot_help(void)
     printf("usage: qcowkit snapshot [-l | -a SNAPSHOT | -c SNAPSHOT | -d SNAPSHOT] [-f FMT] [-q]\n"
            "                        [-U|--force-share] FILE\n"
            "\n"
-           "List (-l, the default), create (-c), apply (-a) or delete (-d) internal\n"
+           "List (-l), create (-c), apply (-a) or delete (-d) internal\n"
            "snapshots of a qcow2 image. -a finds the snapshot by id, then by name; -d by\n"
            "name. Enabled persistent bitmaps are marked where -a changes the image.\n");
 }
@@ -35,7 +35,7 @@ static const char *reason(qk_image *img, int r)
     return r > -1000 ? strerror(-r) : qk_errmsg(img);
 }
 
-static int run(qk_image *img, int action, const char *snap, int quiet)
+static int run(qk_image *img, int action, const char *snap)
 {
     qk_info *info;
     int r;
@@ -45,8 +45,7 @@ static int run(qk_image *img, int action, const char *snap, int quiet)
             cli_error("%s", qk_errmsg(img));
             return 1;
         }
-        if (!quiet)
-            cli_print_snapshots(info);
+        cli_print_snapshots(info);   /* even with -q, as qemu-img */
         qk_info_free(info);
         return 0;
     case ACT_CREATE: {
@@ -61,6 +60,8 @@ static int run(qk_image *img, int action, const char *snap, int quiet)
         }
         return 0;
     }
+    case 0:
+        return 0;                    /* qemu-img only opens the image */
     case ACT_APPLY:
         if ((r = qk_snapshot_apply(img, snap)) < 0) {
             cli_error("Could not apply snapshot '%s': %s%s", snap, r > -1000 ? "Failed to load snapshot: " : "",
@@ -99,7 +100,7 @@ int cmd_snapshot(int argc, char **argv)
     };
     const char *fmt = NULL, *snap = NULL;
     unsigned flags = 0;
-    int action = 0, quiet = 0, c;
+    int action = 0, c;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, ":la:c:d:f:hqU", longopts, NULL)) != -1) {
@@ -113,7 +114,7 @@ int cmd_snapshot(int argc, char **argv)
         case 'c': act = ACT_CREATE; break;
         case 'd': act = ACT_DELETE; break;
         case 'f': fmt = optarg; break;
-        case 'q': quiet = 1; break;
+        case 'q': break;             /* nothing to quieten */
         case 'U': flags |= QK_OPEN_FORCE_SHARE; break;
         default:
             return cli_bad_option(argv, optind, c == ':');
@@ -127,8 +128,6 @@ int cmd_snapshot(int argc, char **argv)
     }
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
-    if (!action)
-        action = ACT_LIST;
     if (action != ACT_LIST) {
         if (flags & QK_OPEN_FORCE_SHARE) {
             cli_error("Could not open '%s': force-share=on can only be used with read-only images", argv[optind]);
@@ -151,7 +150,7 @@ int cmd_snapshot(int argc, char **argv)
                     "         Specify the 'raw' format explicitly to remove the restrictions.\n", argv[optind]);
         qk_info_free(info);
     }
-    int rc = run(img, action, snap, quiet);
+    int rc = run(img, action, snap);
     if (qk_close(img) < 0 && rc == 0) {
         cli_error("Could not close the image");
         rc = 1;

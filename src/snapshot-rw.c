@@ -393,6 +393,21 @@ fail:
     return r;
 }
 
+/* Does unit U (the subcluster with extended L2, else the cluster) map
+ * differently under entries XA and XB (COPIED masked off), whose bitmaps
+ * follow them at PA + 8 and PB + 8? An unallocated subcluster maps to the
+ * backing file whatever its cluster's host offset. */
+static int unit_differs(const qk_image *img, uint64_t xa, uint64_t xb, const uint8_t *pa, const uint8_t *pb,
+                        uint64_t u)
+{
+    if (!img->extl2 || ((xa | xb) & OFLAG_COMPRESSED))
+        return xa != xb;
+    uint64_t ba = be64_load(pa + 8), bb = be64_load(pb + 8);
+    int sa = (int)((ba >> u) & 1) | (int)((ba >> (32 + u)) & 1) << 1;
+    int sb = (int)((bb >> u) & 1) | (int)((bb >> (32 + u)) & 1) << 1;
+    return sa != sb || (sa == 1 && (xa & L2E_OFFSET_MASK) != (xb & L2E_OFFSET_MASK));
+}
+
 /* Bitmap side of apply: mark every cluster (subcluster) of [0, LIMIT) whose
  * mapping differs between the active L1 and SN_L1 (SN_SIZE entries). */
 static int mark_changed(qk_image *img, const uint64_t *sn_l1, uint32_t sn_size, uint64_t limit)
@@ -420,11 +435,10 @@ static int mark_changed(qk_image *img, const uint64_t *sn_l1, uint32_t sn_size, 
             if (g >= limit)
                 break;
             const uint8_t *pa = a + (size_t)j * es, *pb = b + (size_t)j * es;
-            uint64_t diff = (be64_load(pa) ^ be64_load(pb)) & ~OFLAG_COPIED;
-            uint64_t bm = img->extl2 ? be64_load(pa + 8) ^ be64_load(pb + 8) : 0;
+            uint64_t xa = be64_load(pa) & ~OFLAG_COPIED, xb = be64_load(pb) & ~OFLAG_COPIED;
             uint64_t units = img->extl2 ? 32 : 1, unit = cs / units;
             for (uint64_t u = 0; u < units && r == 0; u++) {
-                if (!diff && !((bm >> u) & 1) && !((bm >> (32 + u)) & 1))
+                if (!unit_differs(img, xa, xb, pa, pb, u))
                     continue;
                 uint64_t s = g + u * unit;
                 if (run_len && run_start + run_len == s) {

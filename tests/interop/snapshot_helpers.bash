@@ -9,7 +9,7 @@
 #       identical and `qemu-img check` of ours must be clean; at the end the
 #       snapshot ids and names must be the same. The script prints what went
 #       wrong and exits 1 at the first failure.
-#   snap_ids IMG    the ID and TAG columns of `qemu-img snapshot -l IMG`
+#   snap_ids IMG    "ID TAG" (or "ID" for an empty name) from `qemu-img snapshot -l IMG`
 #   dirty_granules IMG BITMAP GRAN
 #       the granule indexes (GRAN bytes) that `qcowkit bitmap --dump` says are
 #       dirty, one per line
@@ -75,7 +75,7 @@ snap_plan() {
 }
 
 snap_ids() {
-    qemu-img snapshot -l "$1" | awk 'NR > 2 { print $1, $2 }'
+    qemu-img snapshot -l "$1" | awk 'NR > 2' | cut -c1-27 | sed 's/  */ /g; s/ $//'
 }
 
 dirty_granules() {
