@@ -153,6 +153,47 @@ static void check_crash_image(const uint8_t *disk, size_t len, const struct flus
     free(mask);
 }
 
+/* A base image made by the shell command SETUP (with $BASE its path), opened
+ * read-write behind the recording fault backend. */
+struct recording {
+    char dir[32], base_path[64], crash_path[64];
+    uint8_t *base;
+    size_t base_len;
+    struct io_fault *ctl;
+    qk_image *img;
+};
+
+static void record_start(struct recording *rec, const char *setup)
+{
+    if (!have_qemu_img()) {
+        if (getenv("QK_ALLOW_MISSING_PEERS"))
+            skip();
+        fail_msg("qemu-img is needed for the crash test");
+    }
+    snprintf(rec->dir, sizeof rec->dir, "/tmp/qk-crash-XXXXXX");
+    assert_non_null(mkdtemp(rec->dir));
+    snprintf(rec->base_path, sizeof rec->base_path, "%s/base.qcow2", rec->dir);
+    snprintf(rec->crash_path, sizeof rec->crash_path, "%s/crash.qcow2", rec->dir);
+    assert_int_equal(setenv("BASE", rec->base_path, 1), 0);
+    assert_int_equal(system(setup), 0);
+    rec->base = read_file(rec->base_path, &rec->base_len);
+    qk_io *mem, *io;
+    assert_non_null(rec->ctl = io_fault_new(1));
+    assert_int_equal(io_mem_new(&mem, rec->base, rec->base_len), 0);
+    assert_int_equal(io_fault_wrap(&io, mem, rec->ctl), 0);
+    assert_int_equal(qk_image_new(&rec->img), 0);
+    assert_int_equal(image_open_io(rec->img, io, "work.qcow2", QK_OPEN_RDWR), 0);
+}
+
+static void record_end(struct recording *rec)
+{
+    char cmd[128];
+    io_fault_free(rec->ctl);
+    free(rec->base);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", rec->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void run_workload_cmd(const char *create_opts, const char *after_create, uint64_t seed);
 
 static void run_workload(const char *create_opts, uint64_t seed)
@@ -160,38 +201,19 @@ static void run_workload(const char *create_opts, uint64_t seed)
     run_workload_cmd(create_opts, NULL, seed);
 }
 
-/* AFTER_CREATE: a shell command run on the base image (%s = its path). */
+/* AFTER_CREATE: a shell command run on the base image ($BASE). */
 static void run_workload_cmd(const char *create_opts, const char *after_create, uint64_t seed)
 {
-    char dir[] = "/tmp/qk-crash-XXXXXX";
-    char base_path[128], crash_path[128], cmd[512];
-    if (!have_qemu_img()) {
-        if (getenv("QK_ALLOW_MISSING_PEERS"))
-            skip();
-        fail_msg("qemu-img is needed for the crash test");
-    }
-    assert_non_null(mkdtemp(dir));
-    snprintf(base_path, sizeof base_path, "%s/base.qcow2", dir);
-    snprintf(crash_path, sizeof crash_path, "%s/crash.qcow2", dir);
-    snprintf(cmd, sizeof cmd, "qemu-img create -q -f qcow2 -o %s '%s' %u", create_opts, base_path,
-             IMG_SIZE);
-    assert_int_equal(system(cmd), 0);
-    if (after_create) {
-        char extra[512];
-        snprintf(extra, sizeof extra, after_create, base_path, base_path);
-        assert_int_equal(system(extra), 0);
-    }
-    size_t base_len;
-    uint8_t *base = read_file(base_path, &base_len);
-
-    struct io_fault *ctl = io_fault_new(1);
-    qk_io *mem, *io;
-    qk_image *img;
-    assert_non_null(ctl);
-    assert_int_equal(io_mem_new(&mem, base, base_len), 0);
-    assert_int_equal(io_fault_wrap(&io, mem, ctl), 0);
-    assert_int_equal(qk_image_new(&img), 0);
-    assert_int_equal(image_open_io(img, io, "work.qcow2", QK_OPEN_RDWR), 0);
+    char setup[512];
+    struct recording rec;
+    snprintf(setup, sizeof setup, "qemu-img create -q -f qcow2 -o %s \"$BASE\" %u%s%s", create_opts, IMG_SIZE,
+             after_create ? " && " : "", after_create ? after_create : "");
+    record_start(&rec, setup);
+    struct io_fault *ctl = rec.ctl;
+    qk_image *img = rec.img;
+    const uint8_t *base = rec.base;
+    size_t base_len = rec.base_len;
+    const char *crash_path = rec.crash_path;
 
     uint8_t *shadow = calloc(1, IMG_SIZE), *buf = malloc(256 << 10);
     struct op_mark ops[NB_OPS];
@@ -293,12 +315,9 @@ static void run_workload_cmd(const char *create_opts, const char *after_create, 
     assert_true(checked >= RANDOM_CRASHES);
     for (size_t k = 0; k < nb_flushes; k++)
         free(flushes[k].guest);
-    io_fault_free(ctl);
     free(shadow);
     free(buf);
-    free(base);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    record_end(&rec);
 }
 
 static void crash_v3_64k(void **state)
@@ -332,7 +351,7 @@ static void crash_with_bitmaps(void **state)
     /* Every crash image must still open in QEMU (which loads and checks the
      * bitmaps) and pass qemu-img check. */
     run_workload_cmd("compat=1.1",
-                     "qemu-img bitmap --add '%s' b0 && qemu-img bitmap --add -g 512 --disable '%s' b1", 41);
+                     "qemu-img bitmap --add \"$BASE\" b0 && qemu-img bitmap --add -g 512 --disable \"$BASE\" b1", 41);
 }
 
 /* Snapshot create, delete and apply (with writes between them, each
@@ -360,31 +379,10 @@ static void crash_snapshots(void **state)
         { SNAP_DELETE, "n1" }, { SNAP_APPLY, "n2" }, { SNAP_CREATE, "n3" }, { SNAP_DELETE, "n2" },
     };
     enum { NB = sizeof plan / sizeof plan[0] };
-    char dir[] = "/tmp/qk-snapcrash-XXXXXX";
-    char base_path[64], crash_path[64], cmd[768];
-    if (!have_qemu_img()) {
-        if (getenv("QK_ALLOW_MISSING_PEERS"))
-            skip();
-        fail_msg("qemu-img is needed for the crash test");
-    }
-    assert_non_null(mkdtemp(dir));
-    snprintf(base_path, sizeof base_path, "%s/base.qcow2", dir);
-    snprintf(crash_path, sizeof crash_path, "%s/crash.qcow2", dir);
-    snprintf(cmd, sizeof cmd,
-             "qemu-img create -q -f qcow2 '%s' %u && qemu-io -c 'write -P 1 0 1M' -c 'write -c -P 2 2M 128k' "
-             "'%s' >/dev/null && qemu-img snapshot -c base0 '%s'", base_path, IMG_SIZE, base_path, base_path);
-    assert_int_equal(system(cmd), 0);
-    size_t base_len;
-    uint8_t *base = read_file(base_path, &base_len);
-
-    struct io_fault *ctl = io_fault_new(1);
-    qk_io *mem, *io;
-    qk_image *img;
-    assert_non_null(ctl);
-    assert_int_equal(io_mem_new(&mem, base, base_len), 0);
-    assert_int_equal(io_fault_wrap(&io, mem, ctl), 0);
-    assert_int_equal(qk_image_new(&img), 0);
-    assert_int_equal(image_open_io(img, io, "work.qcow2", QK_OPEN_RDWR), 0);
+    struct recording rec;
+    record_start(&rec, "qemu-img create -q -f qcow2 \"$BASE\" 4M && qemu-io -c 'write -P 1 0 1M' "
+                       "-c 'write -c -P 2 2M 128k' \"$BASE\" >/dev/null && qemu-img snapshot -c base0 \"$BASE\"");
+    qk_image *img = rec.img;
 
     struct snap_op ops[NB];
     uint8_t *buf = malloc(256 << 10);
@@ -407,18 +405,18 @@ static void crash_snapshots(void **state)
             assert_non_null(ops[i].guest);
             assert_int_equal(qk_pread(img, ops[i].guest, IMG_SIZE, 0), 0);
         }
-        io_fault_log(ctl, &ops[i].log_start);
+        io_fault_log(rec.ctl, &ops[i].log_start);
         int r = plan[i].kind == SNAP_CREATE ? qk_snapshot_create(img, plan[i].name)
               : plan[i].kind == SNAP_DELETE ? qk_snapshot_delete(img, plan[i].name)
               : qk_snapshot_apply(img, plan[i].name);
         if (r)
             fail_msg("snapshot step %d (%s): %s", i, plan[i].name, qk_errmsg(img));
-        io_fault_log(ctl, &ops[i].log_end);
+        io_fault_log(rec.ctl, &ops[i].log_end);
     }
     assert_int_equal(qk_close(img), 0);
 
     size_t log_len;
-    const struct io_fault_op *log = io_fault_log(ctl, &log_len);
+    const struct io_fault_op *log = io_fault_log(rec.ctl, &log_len);
     size_t checked = 0;
     for (int i = 0; i < NB; i++) {
         size_t span = ops[i].log_end - ops[i].log_start;
@@ -432,8 +430,8 @@ static void crash_snapshots(void **state)
                     last_flush = j + 1;
             for (int all = 0; all < 2; all++) {
                 size_t dlen;
-                uint8_t *disk = rebuild(base, base_len, log, all ? p : last_flush, p, rnd(), &dlen);
-                check_crash_image(disk, dlen, ops[i].guest ? &fm : NULL, NULL, 0, p, crash_path, 1);
+                uint8_t *disk = rebuild(rec.base, rec.base_len, log, all ? p : last_flush, p, rnd(), &dlen);
+                check_crash_image(disk, dlen, ops[i].guest ? &fm : NULL, NULL, 0, p, rec.crash_path, 1);
                 free(disk);
                 checked++;
             }
@@ -441,11 +439,8 @@ static void crash_snapshots(void **state)
         free(ops[i].guest);
     }
     assert_true(checked >= 2 * NB);
-    io_fault_free(ctl);
     free(buf);
-    free(base);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    record_end(&rec);
 }
 
 int main(void)
