@@ -198,6 +198,9 @@ static int entry_refcount(qk_image *img, uint64_t e, int addend, uint64_t l2_off
     if (e & OFLAG_COMPRESSED) {
         uint64_t coff, nsec;
         compressed_extent(img, e, &coff, &nsec);
+        struct qk_map m = { .type = CT_COMPRESSED, .host = coff, .clen = nsec * 512 - (coff & 511) };
+        if ((r = compressed_check(img, &m)) < 0)
+            return r;
         if (addend && (r = refcount_update(img, coff & ~511ull, nsec * 512, addend)) < 0)
             return r;
         *rc = 2;
@@ -209,6 +212,9 @@ static int entry_refcount(qk_image *img, uint64_t e, int addend, uint64_t l2_off
     if (!is_aligned(host, img->cluster_size))
         return QK_CORRUPT(img, "Cluster allocation offset %#llx unaligned (L2 offset: %#llx, L2 index: %#x)",
                           (unsigned long long)host, (unsigned long long)l2_off, j);
+    if (host >= ((img->file_size + img->cluster_size - 1) & ~(uint64_t)(img->cluster_size - 1)))
+        return QK_CORRUPT(img, "Cluster allocation offset %#llx is past the end of the file (L2 offset: %#llx, "
+                          "L2 index: %#x)", (unsigned long long)host, (unsigned long long)l2_off, j);
     if (addend && (r = refcount_update(img, host, img->cluster_size, addend)) < 0)
         return r;
     return refcount_get(img, host >> img->cluster_bits, rc);

@@ -263,6 +263,51 @@ bitmap_apply() {
     qemu-img compare -q one.qcow2 two.qcow2
 }
 
+@test "extra data beyond QEMU's 24 bytes is kept byte for byte through create and delete" {
+    qemu-img create -q -f qcow2 a.qcow2 1M
+    qemu-io -c 'write -P 1 0 64k' a.qcow2 >/dev/null
+    qemu-img snapshot -c s1 a.qcow2
+    # Rewrite s1's entry in place with 32 bytes of extra data (8 unknown).
+    local off
+    off=$(get_u64 a.qcow2 64)
+    dd if=a.qcow2 of=e.bin bs=1 skip="$off" count=64 status=none
+    put_u32 e.bin 36 32
+    printf '\xde\xad\xbe\xef\x01\x02\x03\x041s1' >>e.bin
+    dd if=e.bin of=a.qcow2 bs=1 seek="$off" conv=notrunc status=none
+    qemu-img check -q a.qcow2
+    "$QCOWKIT" snapshot -c s2 a.qcow2
+    "$QCOWKIT" snapshot -c s3 a.qcow2
+    "$QCOWKIT" snapshot -d s2 a.qcow2
+    off=$(get_u64 a.qcow2 64)
+    [[ "$(od -An -tx1 -j "$off" -N 80 a.qcow2 | tr -d ' \n')" == "$(od -An -tx1 -N 80 e.bin | tr -d ' \n')"* ]]
+    [[ "$(get_u32 a.qcow2 $((off + 36)))" == 32 ]]
+    diff <(qemu-img snapshot -l a.qcow2) <("$QCOWKIT" snapshot -l a.qcow2)
+    qemu-img check -q a.qcow2
+    # QEMU keeps it too when it rewrites the table after ours.
+    qemu-img snapshot -d s3 a.qcow2
+    off=$(get_u64 a.qcow2 64)
+    [[ "$(od -An -tx1 -j "$off" -N 80 a.qcow2 | tr -d ' \n')" == "$(od -An -tx1 -N 80 e.bin | tr -d ' \n')"* ]]
+}
+
+@test "a snapshot whose L2 entry points past the end of the file is refused, not followed" {
+    qemu-img create -q -f qcow2 a.qcow2 1M
+    qemu-io -c 'write -P 1 0 64k' a.qcow2 >/dev/null
+    qemu-img snapshot -c s1 a.qcow2
+    qemu-io -c 'write -P 2 0 64k' a.qcow2 >/dev/null
+    # s1's L1 -> its L2 table (shared no more after the write): entry 0 far away.
+    local l1 l2
+    l1=$(get_u64 a.qcow2 $(($(get_u64 a.qcow2 64))))
+    l2=$(($(get_u64 a.qcow2 "$l1") & 0x00fffffffffffe00))
+    put_u64 a.qcow2 "$l2" $((0x00f0000000000000))
+    run "$QCOWKIT" snapshot -a s1 a.qcow2
+    assert_no_sanitizer
+    [[ "$status" == 1 && "$output" == *"past the end of the file"* ]]
+    run "$QCOWKIT" snapshot -d s1 a.qcow2
+    assert_no_sanitizer
+    [[ "$status" == 1 && "$output" == *"past the end of the file"* ]]
+    [[ "$(stat -c %s a.qcow2)" -lt 10000000 ]]
+}
+
 @test "snapshot --help" {
     run "$QCOWKIT" snapshot --help
     [[ "$status" == 0 && "$output" == *"usage: qcowkit snapshot"* ]]
