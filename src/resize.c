@@ -112,6 +112,9 @@ QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags)
         img->size = img->file_size = size;
         return 0;
     }
+    /* v2 snapshots need not record their size: QEMU refuses (qcow2_co_truncate). */
+    if (img->hdr.version < 3 && img->nb_snapshots)
+        return qk_set_error(img, -ENOTSUP, "Can't resize a v2 image which has snapshots");
     if (size != img->size && (r = bitmap_resize_all(img, size)) < 0)
         return r;
     uint64_t per_l2 = (uint64_t)img->l2_entries * img->cluster_size;

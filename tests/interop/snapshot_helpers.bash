@@ -6,8 +6,9 @@
 #       first compressed clusters when COMPRESS=1, then batches of writes,
 #       zero writes and discards, snapshot create / apply / delete, and resizes when
 #       RESIZE=1. After each step `qemu-img compare` of the twins must say
-#       identical and `qemu-img check` of ours must be clean; at the end the
-#       snapshot ids and names must be the same. The script prints what went
+#       identical and `qemu-img check` of ours must be clean; at the end
+#       `qcowkit check` must agree and the snapshot ids and names must be the
+#       same. The script prints what went
 #       wrong and exits 1 at the first failure.
 #   snap_ids IMG    "ID TAG" (or "ID" for an empty name) from `qemu-img snapshot -l IMG`
 #   dirty_granules IMG BITMAP GRAN
@@ -70,6 +71,7 @@ snap_plan() {
             }
             print "ok"
         }
+        print "what=end; \"$QCOWKIT\" check -q a.qcow2 >k.err 2>&1 || fail \"qcowkit check: $(head -5 k.err)\""
         print "diff <(qemu-img snapshot -l a.qcow2 | awk \"NR > 2 {print \\$1, \\$2}\") <(qemu-img snapshot -l b.qcow2 | awk \"NR > 2 {print \\$1, \\$2}\") >/dev/null || fail \"snapshot lists differ\""
     }'
 }

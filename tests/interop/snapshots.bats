@@ -252,6 +252,13 @@ bitmap_apply() {
     same_as_qemu -l missing.qcow2
     same_as_qemu -q -l a.qcow2
     same_as_qemu a.qcow2
+    # QEMU refuses to resize a v2 image with snapshots (they need not record a size).
+    qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 1M
+    "$QCOWKIT" snapshot -c s v2.qcow2
+    run "$QCOWKIT" resize v2.qcow2 2M
+    [[ "$status" == 1 && "$output" == "qcowkit: Can't resize a v2 image which has snapshots" ]]
+    run qemu-img resize v2.qcow2 2M
+    [[ "$status" == 1 && "$output" == "qemu-img: Can't resize a v2 image which has snapshots" ]]
     # A refcount that would overflow: refused as qemu-img does, leaking at most.
     qemu-img create -q -f qcow2 -o refcount_bits=1 one.qcow2 1M
     qemu-io -c 'write 0 64k' one.qcow2 >/dev/null
