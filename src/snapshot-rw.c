@@ -94,14 +94,17 @@ static int write_table(qk_image *img)
     uint64_t bytes = 0, off = 0;
     int r;
     for (uint32_t i = 0; i < img->nb_snapshots; i++) {
+        const struct qk_snapshot *sn = &img->snapshots[i];
         if ((r = extend_extra(img, &img->snapshots[i])) < 0)
             return r;
-        bytes += snapshot_entry_put(&img->snapshots[i], NULL);
+        /* The last entry is not padded (QEMU's table size). */
+        bytes += i + 1 < img->nb_snapshots ? snapshot_entry_put(sn, NULL)
+               : SNAP_FIXED_SIZE + sn->extra_size + strlen(sn->id) + strlen(sn->name);
     }
     if (bytes > MAX_SNAPSHOTS_BYTES)
         return qk_set_error(img, -EFBIG, "The snapshot table is too big");
     if (bytes) {
-        uint8_t *t = calloc(1, bytes);
+        uint8_t *t = calloc(1, bytes + 8);   /* room for the last entry's padding */
         if (!t)
             return qk_set_error(img, -ENOMEM, "Out of memory");
         size_t pos = 0;
