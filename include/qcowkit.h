@@ -159,7 +159,8 @@ QK_API int qk_pwrite_compressed(qk_image *img, const void *buf, uint64_t len, ui
 /** Compress IN with compression TYPE (0 zlib raw deflate with a 4 KiB window,
  *  1 zstd) into OUT, which holds *OUTLEN bytes; *OUTLEN gets the size made.
  *  -ENOSPC if it does not fit. Thread-safe, no handle: for compressing on
- *  worker threads before qk_pwrite_compressed_data(). */
+ *  worker threads before qk_pwrite_compressed_data(). Deflate is ISA-L's
+ *  igzip (level 1) in a build with libisal, zlib otherwise. */
 QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen);
 
 /** Store DATA (LEN bytes made by qk_compress() with the image's compression
