@@ -22,6 +22,7 @@ static const struct {
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
     { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
     { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
+    { "snapshot", cmd_snapshot, "list, create, apply or delete internal snapshots" },
 };
 
 void cli_error(const char *fmt, ...)

@@ -356,6 +356,28 @@ typedef struct qk_create_opts {
  *  message and stays unopened. */
 QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts);
 
+/* ------------------------------------------------------------------ */
+/* Internal snapshots (qcow2, handles opened with QK_OPEN_RDWR) */
+
+/** Create a snapshot of the current state named NAME (names need not be
+ *  unique, as in QEMU; the id is one more than the largest numeric id).
+ *  Returns 0, -ENOTSUP for an image with an external data file, -EFBIG when
+ *  the table is full, or another negative code. */
+QK_API int qk_snapshot_create(qk_image *img, const char *name);
+
+/** Revert the image to the snapshot whose id, else whose name, is
+ *  ID_OR_NAME (QEMU's qcow2_snapshot_goto): the virtual size follows the
+ *  snapshot's. Every enabled persistent bitmap gets the bits of every
+ *  range whose mapping differs between the current state and the snapshot
+ *  (QEMU refuses to apply while bitmaps exist); disabled bitmaps are left
+ *  as they are. Returns 0, -ENOENT when there is no such snapshot,
+ *  -ENOTSUP with an external data file, or another negative code. */
+QK_API int qk_snapshot_apply(qk_image *img, const char *id_or_name);
+
+/** Delete the snapshot whose id, else whose name, is ID_OR_NAME, and free
+ *  the clusters only it used. Returns 0, -ENOENT, or another negative code. */
+QK_API int qk_snapshot_delete(qk_image *img, const char *id_or_name);
+
 #ifdef __cplusplus
 }
 #endif
