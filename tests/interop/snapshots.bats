@@ -20,7 +20,7 @@ load snapshot_helpers
 
 setup() {
     qk_bin_ok
-    require_peer qemu-img qemu-io
+    require_peer qemu-img qemu-io jq
     cd "$BATS_TEST_TMPDIR"
 }
 
