@@ -109,7 +109,7 @@ QK_API int qk_pread(qk_image *img, void *buf, uint64_t len, uint64_t offset)
 
 /* The status of one layer, as its driver plus QEMU's generic block layer
  * report it (before the chain walk). */
-static int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e)
+int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e)
 {
     int r;
     e->flags = 0;
