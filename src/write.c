@@ -287,8 +287,6 @@ static int zero_units(qk_image *img, uint64_t cstart, uint32_t u0, uint32_t u1, 
     uint64_t old = slot.entry, bm = slot.bitmap;
     uint32_t units = img->extl2 ? EXTL2_SUBCLUSTERS : 1;
     int whole = u0 == 0 && u1 == units - 1;
-    if (!slot.l2_offset && !img->backing)
-        return 0;                      /* already reads as zeros */
     int owned = entry_allocated(img, old) && (old & OFLAG_COPIED);
     if (!whole && ((old & OFLAG_COMPRESSED) || (entry_allocated(img, old) && !owned))) {
         /* Part of a compressed or shared cluster: write zeros as data. */
