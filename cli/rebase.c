@@ -150,9 +150,14 @@ static int open_new_backing(struct rebase *rb, const char *name, const char *fmt
         free(path);
         return 0;
     }
-    int r = cli_format_flags(fmt, &flags);
+    if (cli_format_flags(fmt, &flags) < 0) {
+        cli_error("Could not open new backing file '%s': Unknown driver '%s'", name, fmt);
+        free(path);
+        return -1;
+    }
     qk_image *img = NULL;
-    if (r == 0 && (r = qk_image_new(&img)) == 0)
+    int r = qk_image_new(&img);
+    if (r == 0)
         r = qk_open(img, path, flags);
     if (r < 0) {
         cli_error("Could not open new backing file '%s': %s", name,
@@ -205,12 +210,27 @@ static int set_backing(qk_image *top, const char *name, const char *fmt)
         return -1;
     }
     int r = qk_set_backing(top, name, name ? fmt : NULL);
-    if (r == -ENOSPC)
-        cli_error("Could not change the backing file to '%s': No space left in the file header",
-                  name ? name : "");
-    else if (r < 0)
-        cli_error("Could not change the backing file to '%s': %s", name ? name : "", qk_errmsg(top));
-    return r < 0 ? -1 : 0;
+    if (r == 0)
+        return 0;
+    /* qemu-img says strerror() of the code its driver returned. */
+    const char *why = r == -ENOSPC             ? "No space left in the file header"
+                      : r == QK_E_INVALID     ? "Invalid argument"
+                      : r == QK_E_UNSUPPORTED ? "Operation not supported"
+                                              : qk_errmsg(top);
+    cli_error("Could not change the backing file to '%s': %s", name ? name : "", why);
+    return -1;
+}
+
+/* The format drivers of QEMU 7.2 that -F may name; -u records any of them,
+ * a safe rebase opens only qcow2 and raw. */
+static int known_format(const char *fmt)
+{
+    static const char *const names[] = { "qcow2", "raw", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc",
+                                         "parallels", "luks", "dmg", "cloop", "bochs", "vvfat" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(fmt, names[i]))
+            return 1;
+    return 0;
 }
 
 int cmd_rebase(int argc, char **argv)
@@ -281,8 +301,7 @@ int cmd_rebase(int argc, char **argv)
     if (cli_open_image(&top, path, fmt, flags) < 0)
         return 1;
     int rc = 0;
-    unsigned probe;
-    if (bfmt && cli_format_flags(bfmt, &probe) < 0) {
+    if (bfmt && !known_format(bfmt)) {
         cli_error("Invalid format name: '%s'", bfmt);
         rc = 1;
     }

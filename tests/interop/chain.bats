@@ -42,3 +42,60 @@ each_seed() {
 @test "rebase -b '': no backing file" { each_seed rebase -b "" t.qcow2; }
 @test "rebase -u: the name only" { each_seed rebase -u -b n1.qcow2 -F qcow2 t.qcow2; }
 @test "rebase -u without -b: no backing file" { each_seed rebase -u t.qcow2; }
+
+# errors_same CMD...: on one chain (seed 1), each command line (one per
+# argument, split on spaces) must give qemu-img's exit code, output and
+# resulting images.
+errors_same() {
+    local line bad=0
+    chain_make 1 65536 || return 1
+    for line in "$@"; do
+        chain_twins
+        # shellcheck disable=SC2086
+        chain_same $line || bad=1
+    done
+    return $bad
+}
+
+@test "commit: errors and exit codes as qemu-img's" {
+    errors_same "commit" "commit a b" "commit -t bogus t.qcow2" "commit -r abc t.qcow2" \
+        "commit -b nosuch t.qcow2" "commit b.qcow2" "commit -q t.qcow2" "commit -x t.qcow2" \
+        "commit -f raw t.qcow2" "commit nosuch.qcow2"
+}
+
+@test "rebase: errors and exit codes as qemu-img's" {
+    local long
+    long=$(printf 'a%.0s' {1..1024})
+    errors_same "rebase t.qcow2" "rebase -u -b x -F bogus t.qcow2" "rebase -b n1.qcow2 t.qcow2" \
+        "rebase -b nosuch.qcow2 -F qcow2 t.qcow2" "rebase -u -b $long -F qcow2 t.qcow2" \
+        "rebase -u -b x.qcow2 -F qcow2 -f raw t.qcow2" \
+        "rebase -u -b n1.qcow2 -F qcow2 t.qcow2 extra" "rebase -t bogus -u t.qcow2" \
+        "rebase -T bogus -u t.qcow2" "rebase -q -b m.qcow2 -F qcow2 t.qcow2"
+}
+
+@test "rebase -u: a name that does not fit in the header cluster is refused" {
+    local long
+    long=$(printf 'a%.0s' {1..400})
+    qemu-img create -q -f qcow2 -o cluster_size=512 a.qcow2 1M
+    cp a.qcow2 b.qcow2
+    run qemu-img rebase -u -b "$long" -F qcow2 a.qcow2
+    ((status == 1))
+    run "$QCOWKIT" rebase -u -b "$long" -F qcow2 b.qcow2
+    ((status == 1))
+    [[ "$output" == "qcowkit: Could not change the backing file to '$long': No space left in the file header" ]]
+    cmp a.qcow2 b.qcow2
+}
+
+@test "rebase -u: v2 images get the backing format extension, as QEMU writes it; any QEMU format name" {
+    qemu-img create -q -f qcow2 -o compat=0.10 a.qcow2 1M
+    cp a.qcow2 b.qcow2
+    qemu-img rebase -u -b base.qcow2 -F qcow2 a.qcow2
+    "$QCOWKIT" rebase -u -b base.qcow2 -F qcow2 b.qcow2
+    cmp a.qcow2 b.qcow2
+    qemu-img rebase -u -b x.vmdk -F vmdk a.qcow2
+    "$QCOWKIT" rebase -u -b x.vmdk -F vmdk b.qcow2
+    cmp a.qcow2 b.qcow2
+    qemu-img rebase -u -b "" a.qcow2
+    "$QCOWKIT" rebase -u -b "" b.qcow2
+    cmp a.qcow2 b.qcow2
+}

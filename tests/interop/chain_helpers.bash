@@ -10,7 +10,7 @@
 #   chain_twins            fresh copies ./A and ./B of ./src.
 #   chain_same OP...       OP run by qemu-img in A and by qcowkit in B (same arguments,
 #                          image names relative to the twin), then every layer compared:
-#                          exit code, `qemu-img compare`, `qemu-img map` (less host offsets), `qemu-img info`
+#                          exit code and output (qemu-img's name replaced), `qemu-img compare`, `qemu-img map` (less host offsets), `qemu-img info`
 #                          (less name and disk size), bitmap dumps; `qemu-img check` clean
 #                          on every layer of B. Prints what differs; returns 1 if anything.
 
@@ -88,6 +88,7 @@ chain_same() {
     (cd B && "$QCOWKIT" "$@" >../b.out 2>&1); rb=$?
     assert_no_sanitizer "$(cat b.out)" || return 1
     if ((ra != rb)); then echo "$*: exit $ra (qemu-img) vs $rb: $(cat a.out) / $(cat b.out)"; return 1; fi
+    if ! diff <(sed 's/qemu-img/qcowkit/g' a.out) b.out >out.diff; then echo "$*: output differs:"; cat out.diff; bad=1; fi
     for l in $CHAIN_LAYERS; do
         if ! qemu-img check -q "B/$l.qcow2"; then echo "$*: check of $l:"; qemu-img check "B/$l.qcow2" | head -5; bad=1; fi
         if ! qemu-img compare -q -U "A/$l.qcow2" "B/$l.qcow2"; then echo "$*: $l reads differently"; bad=1; fi
