@@ -22,10 +22,11 @@ SEEDS=3
 cs_of() { case $(($1 % 3)) in 0) echo 65536;; 1) echo 4096;; 2) echo 512;; esac; }
 
 # each_seed CMD...: chain_make per seed, then CMD with fresh twins.
+# CHAIN_CS and CHAIN_OPTS override the bases' cluster size and add options.
 each_seed() {
     local seed bad=0
     for ((seed = 1; seed <= SEEDS; seed++)); do
-        chain_make $seed "$(cs_of $seed)" || return 1
+        chain_make $seed "${CHAIN_CS:-$(cs_of $seed)}" "${CHAIN_OPTS:-}" || return 1
         chain_twins
         chain_same "$@" || { echo "  (seed $seed)"; bad=1; }
     done
@@ -42,6 +43,21 @@ each_seed() {
 @test "rebase -b '': no backing file" { each_seed rebase -b "" t.qcow2; }
 @test "rebase -u: the name only" { each_seed rebase -u -b n1.qcow2 -F qcow2 t.qcow2; }
 @test "rebase -u without -b: no backing file" { each_seed rebase -u t.qcow2; }
+
+@test "commit and rebase: bases with 2 MiB clusters (commit copies every chunk)" {
+    CHAIN_CS=2M each_seed commit -b b.qcow2 t.qcow2
+    CHAIN_CS=2M each_seed commit t.qcow2
+    CHAIN_CS=2M each_seed rebase -b n1.qcow2 -F qcow2 t.qcow2
+}
+@test "commit and rebase: v2 chains (no zero clusters; the top emptied by discards)" {
+    CHAIN_OPTS=compat=0.10 each_seed commit t.qcow2
+    CHAIN_OPTS=compat=0.10 each_seed rebase -b b.qcow2 -F qcow2 t.qcow2
+    CHAIN_OPTS=compat=0.10 each_seed rebase -b "" t.qcow2
+}
+@test "commit and rebase: extended L2 entries" {
+    CHAIN_CS=65536 CHAIN_OPTS=extended_l2=on each_seed commit -b b.qcow2 t.qcow2
+    CHAIN_CS=65536 CHAIN_OPTS=extended_l2=on each_seed rebase -b n1.qcow2 -F qcow2 t.qcow2
+}
 
 # errors_same CMD...: on one chain (seed 1), each command line (one per
 # argument, split on spaces) must give qemu-img's exit code, output and

@@ -1,9 +1,11 @@
 # tests/interop/chain_helpers.bash - twin backing chains for chain.bats.
 #
-#   chain_make SEED CS     in ./src: b.qcow2 <- m.qcow2 <- t.qcow2 (3-deep, 4 MiB, clusters
-#                          of CS) and n2.qcow2 <- n1.qcow2 (another chain), each layer
+#   chain_make SEED CS [OPTS]
+#                          in ./src: b.qcow2 <- m.qcow2 <- t.qcow2 (3-deep, 4 MiB, the
+#                          bases with clusters of CS, all created with -o OPTS too) and
+#                          n2.qcow2 <- n1.qcow2 (another chain), each layer
 #                          given random writes by qemu-io (unaligned patterns, zero writes
-#                          with and without unmap, discards); enabled bitmaps: bb (512 B)
+#                          with and without unmap, discards); v3: enabled bitmaps bb (512 B)
 #                          and bd (default) in b, mb in m, and on odd seeds tb in t (so
 #                          that commit empties t by discarding, as QEMU does for an image
 #                          with bitmaps, and by rebuilding it on even seeds).
@@ -37,18 +39,19 @@ chain_ops() {
 }
 
 chain_make() {
-    local seed=$1 cs=$2 l args
+    local seed=$1 cs=$2 o=${3:+,$3} l args
     rm -rf src && mkdir src
-    qemu-img create -q -f qcow2 -o cluster_size=$cs src/b.qcow2 $CHAIN_SIZE
-    qemu-img create -q -f qcow2 -o cluster_size=$cs src/n2.qcow2 $CHAIN_SIZE
-    qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 src/m.qcow2 $CHAIN_SIZE
-    qemu-img create -q -f qcow2 -o cluster_size=65536 -b m.qcow2 -F qcow2 src/t.qcow2 $CHAIN_SIZE
-    qemu-img create -q -f qcow2 -b n2.qcow2 -F qcow2 src/n1.qcow2 $CHAIN_SIZE
+    qemu-img create -q -f qcow2 -o cluster_size=$cs$o src/b.qcow2 $CHAIN_SIZE
+    qemu-img create -q -f qcow2 -o cluster_size=$cs$o src/n2.qcow2 $CHAIN_SIZE
+    qemu-img create -q -f qcow2 -o cluster_size=65536$o -b b.qcow2 -F qcow2 src/m.qcow2 $CHAIN_SIZE
+    qemu-img create -q -f qcow2 -o cluster_size=65536$o -b m.qcow2 -F qcow2 src/t.qcow2 $CHAIN_SIZE
+    qemu-img create -q -f qcow2 -o cluster_size=65536$o -b n2.qcow2 -F qcow2 src/n1.qcow2 $CHAIN_SIZE
     chain_ops "$seed" "$cs" >src/ops
     for l in $CHAIN_LAYERS; do
         mapfile -t args < <(sed -n "s/^$l|/-c\n/p" src/ops)
         qemu-io "${args[@]}" "src/$l.qcow2" >/dev/null || return 1
     done
+    [[ $o == *compat=0.10* ]] && return 0   # no bitmaps in v2 images
     qemu-img bitmap --add -g 512 src/b.qcow2 bb
     qemu-img bitmap --add src/b.qcow2 bd
     qemu-img bitmap --add src/m.qcow2 mb
