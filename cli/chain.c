@@ -2,12 +2,13 @@
  * chain.c - helpers shared by commit.c and rebase.c (see chain.h).
  */
 #include "chain.h"
-
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-int cli_parse_cache(const char *mode, unsigned *flags)
+#include "cli.h"
+
+int cli_parse_cache(const char *mode, unsigned *flags, const char *what)
 {
     static const char *const known[] = { "none", "off", "directsync", "writeback", "writethrough" };
     if (!strcmp(mode, "unsafe")) {
@@ -17,23 +18,30 @@ int cli_parse_cache(const char *mode, unsigned *flags)
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(mode, known[i]))
             return 0;
+    cli_error("Invalid %s option: %s", what, mode);
     return -1;
 }
 
-/* NAME against the folder of PATH (absolute NAME as it is), as a real path
- * in BUF; NULL when the file does not exist. */
-static char *real_against(const char *path, const char *name, char *buf)
+char *cli_resolve_against(const char *path, const char *name)
 {
     const char *slash = strrchr(path, '/');
-    if (name[0] == '/' || !slash)
-        return realpath(name, buf);
-    size_t dlen = (size_t)(slash - path) + 1;
-    char *joined = malloc(dlen + strlen(name) + 1);
-    if (!joined)
+    size_t dlen = name[0] == '/' || !slash ? 0 : (size_t)(slash - path) + 1;
+    char *s = malloc(dlen + strlen(name) + 1);
+    if (!s) {
+        cli_error("Out of memory");
         return NULL;
-    memcpy(joined, path, dlen);
-    strcpy(joined + dlen, name);
-    char *r = realpath(joined, buf);
+    }
+    memcpy(s, path, dlen);
+    strcpy(s + dlen, name);
+    return s;
+}
+
+/* NAME against the folder of PATH as a real path in BUF; NULL when the file
+ * does not exist. */
+static char *real_against(const char *path, const char *name, char *buf)
+{
+    char *joined = cli_resolve_against(path, name);
+    char *r = joined ? realpath(joined, buf) : NULL;
     free(joined);
     return r;
 }

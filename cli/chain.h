@@ -8,8 +8,13 @@
 #include "qcowkit.h"
 
 /* qemu's bdrv_parse_cache_mode(): 0 for a known mode (*flags gets
- * QK_OPEN_UNSAFE for "unsafe"), -1 for anything else. */
-int cli_parse_cache(const char *mode, unsigned *flags);
+ * QK_OPEN_UNSAFE for "unsafe"), -1 for anything else, after printing
+ * "Invalid WHAT option: MODE". */
+int cli_parse_cache(const char *mode, unsigned *flags, const char *what);
+
+/* NAME resolved against the folder of PATH (an absolute NAME as it is),
+ * malloc'd; NULL (with a message) when out of memory. */
+char *cli_resolve_against(const char *path, const char *name);
 
 /* QEMU's bdrv_find_backing_image(): the layer below TOP whose file is NAME,
  * NAME resolved against the folder of the image that names that layer as

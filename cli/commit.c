@@ -231,10 +231,8 @@ int cmd_commit(int argc, char **argv)
             fmt = optarg;
             break;
         case 't':
-            if (cli_parse_cache(optarg, &flags) < 0) {
-                cli_error("Invalid cache option: %s", optarg);
+            if (cli_parse_cache(optarg, &flags, "cache") < 0)
                 return 1;
-            }
             break;
         case 'b':
             base = optarg;

@@ -67,50 +67,47 @@ static int compare_buffers(const uint8_t *a, const uint8_t *b, uint64_t bytes, u
     return res;
 }
 
+/* Fill BUF with the N bytes at OFF of backing image B (of SIZE bytes; NULL
+ * for none), *N cut at SIZE. 1 when that is zeros without reading (no image,
+ * or OFF past its end), 0 when read, -1 on error. */
+static int read_side(qk_image *b, uint64_t size, uint8_t *buf, uint64_t off, uint64_t *n,
+                     const char *which)
+{
+    if (!b || off >= size) {
+        memset(buf, 0, *n);
+        return 1;
+    }
+    if (off + *n > size)
+        *n = size - off;
+    if (qk_pread(b, buf, *n, off) < 0) {
+        cli_error("error while reading from %s backing file", which);
+        return -1;
+    }
+    return 0;
+}
+
 /* One step of the walk at OFF; *N gets how far it went. 0 or -1. */
 static int rebase_step(struct rebase *rb, uint64_t off, uint64_t *pn)
 {
     uint64_t n = rb->size - off < IO_BUF_SIZE ? rb->size - off : IO_BUF_SIZE;
-    int a = qk_is_allocated_above(rb->top, rb->old, off, n, &n);
+    /* Nothing to do where IMG allocates, nor, when the new backing file is
+     * in the old chain, where no layer above it allocates. */
+    int skip = qk_is_allocated_above(rb->top, rb->old, off, n, &n);
+    if (skip == 0 && rb->prefix && off < rb->old_size) {
+        skip = qk_is_allocated_above(rb->old, rb->prefix, off, n, &n);
+        if (skip >= 0)
+            skip = !skip;
+    }
     *pn = n;
-    if (a < 0) {
-        cli_error("error while reading image metadata: %s", cli_io_strerror(a));
+    if (skip < 0) {
+        cli_error("error while reading image metadata: %s", cli_io_strerror(skip));
         return -1;
     }
-    if (a)
+    if (skip)
         return 0;
-    if (rb->prefix && off < rb->old_size) {
-        a = qk_is_allocated_above(rb->old, rb->prefix, off, n, &n);
-        *pn = n;
-        if (a < 0) {
-            cli_error("error while reading image metadata: %s", cli_io_strerror(a));
-            return -1;
-        }
-        if (!a)
-            return 0;
-    }
-    int old_is_zero = 0;
-    if (off >= rb->old_size) {
-        memset(rb->buf_old, 0, n);
-        old_is_zero = 1;
-    } else {
-        if (off + n > rb->old_size)
-            n = rb->old_size - off;
-        if (qk_pread(rb->old, rb->buf_old, n, off) < 0) {
-            cli_error("error while reading from old backing file");
-            return -1;
-        }
-    }
-    if (!rb->new || off >= rb->new_size) {
-        memset(rb->buf_new, 0, n);
-    } else {
-        if (off + n > rb->new_size)
-            n = rb->new_size - off;
-        if (qk_pread(rb->new, rb->buf_new, n, off) < 0) {
-            cli_error("error while reading from new backing file");
-            return -1;
-        }
-    }
+    int old_is_zero = read_side(rb->old, rb->old_size, rb->buf_old, off, &n, "old");
+    if (old_is_zero < 0 || read_side(rb->new, rb->new_size, rb->buf_new, off, &n, "new") < 0)
+        return -1;
     *pn = n;
     for (uint64_t written = 0; written < n;) {
         uint64_t pnum;
@@ -134,16 +131,9 @@ static int rebase_step(struct rebase *rb, uint64_t off, uint64_t *pn)
 
 static int open_new_backing(struct rebase *rb, const char *name, const char *fmt, unsigned flags)
 {
-    const char *top_path = qk_filename(rb->top);
-    const char *slash = strrchr(top_path, '/');
-    size_t dlen = name[0] == '/' || !slash ? 0 : (size_t)(slash - top_path) + 1;
-    char *path = malloc(dlen + strlen(name) + 1);
-    if (!path) {
-        cli_error("Out of memory");
+    char *path = cli_resolve_against(qk_filename(rb->top), name);
+    if (!path)
         return -1;
-    }
-    memcpy(path, top_path, dlen);
-    strcpy(path + dlen, name);
     /* A layer of the old chain is used as it is (bdrv_find_backing_image). */
     if ((rb->prefix = cli_find_backing(rb->top, path))) {
         rb->new = rb->prefix;
@@ -266,16 +256,12 @@ int cmd_rebase(int argc, char **argv)
             progress = 1;
             break;
         case 't':
-            if (cli_parse_cache(optarg, &flags) < 0) {
-                cli_error("Invalid cache option: %s", optarg);
+            if (cli_parse_cache(optarg, &flags, "cache") < 0)
                 return 1;
-            }
             break;
         case 'T':
-            if (cli_parse_cache(optarg, &bflags) < 0) {
-                cli_error("Invalid source cache option: %s", optarg);
+            if (cli_parse_cache(optarg, &bflags, "source cache") < 0)
                 return 1;
-            }
             bflags &= ~QK_OPEN_UNSAFE;   /* backing files are only read */
             break;
         case 'q':

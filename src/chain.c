@@ -29,14 +29,23 @@
 #define MAX_BACKING_FMT 15   /* QEMU needs len < sizeof(bs->backing_format) = 16 */
 #define CRYPT_LUKS 2
 
-QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt)
+/* IMG is open read-write and qcow2; WHAT ends the message when it is raw. */
+static int check_rw_qcow2(qk_image *img, const char *what)
 {
     if (!img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The image is not open");
     if (!img->writable)
         return qk_set_error(img, QK_E_READONLY, "The image is opened read-only");
     if (img->fmt != QK_FMT_QCOW2)
-        return qk_set_error(img, QK_E_UNSUPPORTED, "Only qcow2 images have a backing file");
+        return qk_set_error(img, QK_E_UNSUPPORTED, "Only qcow2 images %s", what);
+    return 0;
+}
+
+QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt)
+{
+    int r = check_rw_qcow2(img, "have a backing file");
+    if (r < 0)
+        return r;
     if (name && !name[0])
         name = NULL;
     if (fmt && !name)
@@ -62,7 +71,7 @@ QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt)
     struct qk_header trial = img->hdr;
     trial.backing_name = nname;
     trial.backing_fmt = nfmt;
-    int r = header_serialize(&trial, buf, img->cluster_size);
+    r = header_serialize(&trial, buf, img->cluster_size);
     free(buf);
     if (r < 0) {
         free(nname);
@@ -87,18 +96,15 @@ QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt)
 QK_API int qk_is_allocated_above(qk_image *img, const qk_image *base, uint64_t offset,
                                  uint64_t len, uint64_t *pnum)
 {
-    if (!img->is_open)
-        return qk_set_error(img, QK_E_INVALID, "The image is not open");
-    if (offset >= img->size || len == 0)
-        return qk_set_error(img, -EINVAL, "Block status at offset %llu is past the end of the image",
-                            (unsigned long long)offset);
-    len = min_u64(len, img->size - offset);
+    int r = status_range(img, offset, &len);
+    if (r < 0)
+        return r;
     uint64_t n = len;
     for (qk_image *layer = img; layer && layer != base; layer = layer->backing) {
         if (offset >= layer->size)
             continue;
         qk_extent e;
-        int r = layer_status(layer, offset, min_u64(n, layer->size - offset), &e);
+        r = layer_status(layer, offset, min_u64(n, layer->size - offset), &e);
         if (r < 0)
             return layer == img ? r : qk_set_error(img, r, "%s", qk_errmsg(layer));
         if (e.flags & QK_BS_PRESENT) {
@@ -214,12 +220,9 @@ static int make_completely_empty(qk_image *img)
 
 QK_API int qk_make_empty(qk_image *img)
 {
-    if (!img->is_open)
-        return qk_set_error(img, QK_E_INVALID, "The image is not open");
-    if (!img->writable)
-        return qk_set_error(img, QK_E_READONLY, "The image is opened read-only");
-    if (img->fmt != QK_FMT_QCOW2)
-        return qk_set_error(img, QK_E_UNSUPPORTED, "Only qcow2 images can be emptied");
+    int r = check_rw_qcow2(img, "can be emptied");
+    if (r < 0)
+        return r;
     if (img->broken)
         return qk_set_error(img, QK_E_CORRUPT, "The image was marked corrupt; it takes no more writes");
     uint64_t l1_clusters = div_round_up((uint64_t)img->l1_size * 8, img->cluster_size);

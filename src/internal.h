@@ -346,6 +346,9 @@ int image_mark_dirty(qk_image *img);
  * its driver reports it, without walking the chain: QK_BS_PRESENT when this
  * layer allocates the range. */
 int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e);
+/* Check a block-status request: the handle is open, OFFSET inside the disk,
+ * *LEN > 0 (then cut at the disk's end). */
+int status_range(qk_image *img, uint64_t offset, uint64_t *len);
 
 struct qk_image {
     char errmsg[4096];     /* fits a 1023-byte bitmap name twice plus the text */

@@ -45,16 +45,19 @@ each_seed() {
 @test "rebase -u without -b: no backing file" { each_seed rebase -u t.qcow2; }
 
 @test "commit and rebase: bases with 2 MiB clusters (commit copies every chunk)" {
+    local SEEDS=1
     CHAIN_CS=2M each_seed commit -b b.qcow2 t.qcow2
     CHAIN_CS=2M each_seed commit t.qcow2
     CHAIN_CS=2M each_seed rebase -b n1.qcow2 -F qcow2 t.qcow2
 }
 @test "commit and rebase: v2 chains (no zero clusters; the top emptied by discards)" {
+    local SEEDS=1
     CHAIN_OPTS=compat=0.10 each_seed commit t.qcow2
     CHAIN_OPTS=compat=0.10 each_seed rebase -b b.qcow2 -F qcow2 t.qcow2
     CHAIN_OPTS=compat=0.10 each_seed rebase -b "" t.qcow2
 }
 @test "commit and rebase: extended L2 entries" {
+    local SEEDS=1
     CHAIN_CS=65536 CHAIN_OPTS=extended_l2=on each_seed commit -b b.qcow2 t.qcow2
     CHAIN_CS=65536 CHAIN_OPTS=extended_l2=on each_seed rebase -b n1.qcow2 -F qcow2 t.qcow2
 }
