@@ -62,6 +62,20 @@ each_seed() {
     CHAIN_CS=65536 CHAIN_OPTS=extended_l2=on each_seed rebase -b n1.qcow2 -F qcow2 t.qcow2
 }
 
+@test "commit into a raw base: same bytes, same holes (zeros with unmap punch holes)" {
+    local cmd
+    chain_make 1 65536
+    qemu-img convert -O raw src/b.qcow2 src/b.raw
+    qemu-img rebase -u -b b.raw -F raw src/m.qcow2
+    for cmd in "commit m.qcow2" "commit -b b.raw t.qcow2"; do
+        chain_twins
+        # shellcheck disable=SC2086
+        chain_same $cmd
+        cmp A/b.raw B/b.raw
+        diff <(qemu-img map --output=json -f raw A/b.raw) <(qemu-img map --output=json -f raw B/b.raw)
+    done
+}
+
 # errors_same CMD...: on one chain (seed 1), each command line (one per
 # argument, split on spaces) must give qemu-img's exit code, output and
 # resulting images.
