@@ -183,9 +183,10 @@ static int run_commit(qk_image *top, const char *path, const char *base_name, in
         return 1;
     }
     c.gran = mirror_granularity(c.base, &c.base_cs);
-    if (c.size > qk_size(c.base)) {
-        cli_error("Top image %s is larger than base image %s; qcowkit does not grow the base",
-                  path, qk_filename(c.base));
+    /* The commit job grows a smaller base to the top's size first. */
+    if (c.size > qk_size(c.base) && qk_resize(c.base, c.size, 0) < 0) {
+        cli_error("Top image %s is larger than base image %s, and resize of base image failed: %s",
+                  path, qk_filename(c.base), qk_errmsg(c.base));
         return 1;
     }
     if (!(c.buf = malloc(MIRROR_MAX_IO))) {

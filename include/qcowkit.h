@@ -369,7 +369,8 @@ QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt);
 /** 1 if the range at OFFSET is allocated (data or zero clusters) in IMG or a
  *  layer below it and above BASE (BASE itself excluded; NULL = the whole
  *  chain), 0 if not; *pnum gets the length of the run from OFFSET (at most
- *  LEN bytes) of which the same is true. Like QEMU's bdrv_is_allocated_above,
+ *  LEN bytes) of which the same is true. A layer shorter than OFFSET counts
+ *  as allocating the zeros read past its end. Like QEMU's bdrv_is_allocated_above,
  *  so qk_is_allocated_above(img, qk_backing(img), ...) asks about IMG alone. */
 QK_API int qk_is_allocated_above(qk_image *img, const qk_image *base, uint64_t offset,
                                  uint64_t len, uint64_t *pnum);

@@ -100,9 +100,12 @@ QK_API int qk_is_allocated_above(qk_image *img, const qk_image *base, uint64_t o
     if (r < 0)
         return r;
     uint64_t n = len;
-    for (qk_image *layer = img; layer && layer != base; layer = layer->backing) {
+    qk_image *layer;
+    for (layer = img; layer && layer != base; layer = layer->backing) {
+        /* Past a shorter layer's end the zeros it reads count as allocated
+         * there (bdrv_co_common_block_status_above). */
         if (offset >= layer->size)
-            continue;
+            break;
         qk_extent e;
         r = layer_status(layer, offset, min_u64(n, layer->size - offset), &e);
         if (r < 0)
@@ -114,7 +117,7 @@ QK_API int qk_is_allocated_above(qk_image *img, const qk_image *base, uint64_t o
         n = min_u64(n, e.length);
     }
     *pnum = n;
-    return 0;
+    return layer && layer != base;
 }
 
 /* qcow2_make_empty's fallback: discard every cluster with full discard (the

@@ -76,6 +76,26 @@ each_seed() {
     done
 }
 
+@test "layers of different sizes: commit grows a smaller base first (with its bitmaps); rebase" {
+    local CHAIN_LAYERS="b m t"
+    mkdir src
+    qemu-img create -q -f qcow2 src/b.qcow2 1M
+    qemu-io -c 'write -P 1 0 1M' src/b.qcow2 >/dev/null
+    qemu-img bitmap --add -g 4096 src/b.qcow2 bb
+    qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 src/m.qcow2 2M
+    qemu-io -c 'write -P 2 1500k 3k' -c 'write -z 100k 8k' src/m.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b m.qcow2 -F qcow2 src/t.qcow2 3M
+    qemu-io -c 'write -P 3 2M 5k' -c 'write -P 4 100k 1k' src/t.qcow2 >/dev/null
+    chain_twins
+    chain_same commit -b b.qcow2 t.qcow2
+    chain_twins
+    chain_same commit m.qcow2
+    chain_twins
+    chain_same rebase -b b.qcow2 -F qcow2 t.qcow2
+    chain_twins
+    chain_same rebase -b "" m.qcow2
+}
+
 # errors_same CMD...: on one chain (seed 1), each command line (one per
 # argument, split on spaces) must give qemu-img's exit code, output and
 # resulting images.
