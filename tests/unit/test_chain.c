@@ -239,40 +239,22 @@ static void crash_run(const char *opts, const char *extra, enum op op)
     fixture_free(&fx);
 }
 
-static void empty_rebuilt(void **state)
-{
-    (void)state;
-    crash_run("compat=1.1", NULL, OP_EMPTY);
-}
+/* The crash cases: creation options, a command run on the image, operation. */
+struct crash_case {
+    const char *opts, *extra;
+    enum op op;
+};
+static const struct crash_case rebuilt = { "compat=1.1", NULL, OP_EMPTY };
+static const struct crash_case rebuilt_lazy_512 = { "lazy_refcounts=on,cluster_size=512", NULL, OP_EMPTY };
+static const struct crash_case discarded_bitmaps = { "compat=1.1", "qemu-img bitmap --add '%s' b0", OP_EMPTY };
+static const struct crash_case discarded_v2 = { "compat=0.10", NULL, OP_EMPTY };
+static const struct crash_case backing_v3 = { "compat=1.1", NULL, OP_BACKING };
+static const struct crash_case backing_v2 = { "compat=0.10", NULL, OP_BACKING };
 
-static void empty_rebuilt_lazy_refcounts_512(void **state)
+static void crash_case(void **state)
 {
-    (void)state;
-    crash_run("lazy_refcounts=on,cluster_size=512", NULL, OP_EMPTY);
-}
-
-static void empty_discarded_bitmaps(void **state)
-{
-    (void)state;
-    crash_run("compat=1.1", "qemu-img bitmap --add '%s' b0", OP_EMPTY);
-}
-
-static void empty_discarded_v2(void **state)
-{
-    (void)state;
-    crash_run("compat=0.10", NULL, OP_EMPTY);
-}
-
-static void set_backing_v3(void **state)
-{
-    (void)state;
-    crash_run("compat=1.1", NULL, OP_BACKING);
-}
-
-static void set_backing_v2(void **state)
-{
-    (void)state;
-    crash_run("compat=0.10", NULL, OP_BACKING);
+    const struct crash_case *c = *state;
+    crash_run(c->opts, c->extra, c->op);
 }
 
 /* Refusals: nothing changes on disk. */
@@ -303,12 +285,13 @@ static void set_backing_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(empty_rebuilt),
-        cmocka_unit_test(empty_rebuilt_lazy_refcounts_512),
-        cmocka_unit_test(empty_discarded_bitmaps),
-        cmocka_unit_test(empty_discarded_v2),
-        cmocka_unit_test(set_backing_v3),
-        cmocka_unit_test(set_backing_v2),
+        { "make_empty: rebuilt (v3)", crash_case, NULL, NULL, (void *)&rebuilt },
+        { "make_empty: rebuilt (lazy refcounts, 512-byte clusters)", crash_case, NULL, NULL,
+          (void *)&rebuilt_lazy_512 },
+        { "make_empty: discarded (bitmaps)", crash_case, NULL, NULL, (void *)&discarded_bitmaps },
+        { "make_empty: discarded (v2)", crash_case, NULL, NULL, (void *)&discarded_v2 },
+        { "set_backing: v3", crash_case, NULL, NULL, (void *)&backing_v3 },
+        { "set_backing: v2", crash_case, NULL, NULL, (void *)&backing_v2 },
         cmocka_unit_test(set_backing_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
