@@ -23,8 +23,27 @@ int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 
 /* main.c: print "qcowkit: " + message + "\n" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* create.c: the -o machinery of create, shared with convert. */
+/* Append one "-o" argument ARG to *LIST (joined with ','); prints qemu-img's
+ * "Invalid option list" and returns -1 when ARG is malformed. */
+int cli_add_options(char **list, const char *arg);
+/* Does the joined -o LIST ask for help ("help" or "?")? */
+int cli_has_help_option(const char *list);
+/* qemu-img's "-o help" for FMT (qcow2 or raw); FILENAME adds the file layer's options. */
+void cli_print_option_help(const char *fmt, const char *filename);
+/* convert's creation of FILENAME (FMT qcow2 or raw, SIZE bytes): the -o list
+ * OPTIONS (or NULL), -B BASE and -F BASE_FMT (or NULL), checked in qemu-img
+ * convert's order and with its messages (NSRC: the number of sources, more
+ * than one refuses a backing file; COMPRESSED: -c was given, which refuses
+ * raw and preallocation), then created without opening the backing file.
+ * *BACKING gets the target's backing file name (malloc'd) or NULL. Returns 0,
+ * or -1 after printing the error. */
+int cli_convert_create(const char *filename, const char *fmt, const char *options, const char *base,
+                       const char *base_fmt, uint64_t size, int nsrc, int compressed, char **backing);
 
 #endif

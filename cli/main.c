@@ -24,6 +24,7 @@ static const struct {
     { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
     { "commit",  cmd_commit,  "commit an image's changes into its backing file" },
     { "rebase",  cmd_rebase,  "change the backing file of an image" },
+    { "snapshot", cmd_snapshot, "list, create, apply or delete internal snapshots" },
 };
 
 void cli_error(const char *fmt, ...)

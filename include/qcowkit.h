@@ -159,7 +159,8 @@ QK_API int qk_pwrite_compressed(qk_image *img, const void *buf, uint64_t len, ui
 /** Compress IN with compression TYPE (0 zlib raw deflate with a 4 KiB window,
  *  1 zstd) into OUT, which holds *OUTLEN bytes; *OUTLEN gets the size made.
  *  -ENOSPC if it does not fit. Thread-safe, no handle: for compressing on
- *  worker threads before qk_pwrite_compressed_data(). */
+ *  worker threads before qk_pwrite_compressed_data(). Deflate is ISA-L's
+ *  igzip (level 1) in a build with libisal, zlib otherwise. */
 QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen);
 
 /** Store DATA (LEN bytes made by qk_compress() with the image's compression
@@ -390,6 +391,28 @@ QK_API int qk_reopen_rw(qk_image *img);
  *  discarded (unallocated, even over a backing file). Bitmaps are kept and
  *  not marked dirty. */
 QK_API int qk_make_empty(qk_image *img);
+
+/* ------------------------------------------------------------------ */
+/* Internal snapshots (qcow2, handles opened with QK_OPEN_RDWR) */
+
+/** Create a snapshot of the current state named NAME (names need not be
+ *  unique, as in QEMU; the id is one more than the largest numeric id).
+ *  Returns 0, -ENOTSUP for an image with an external data file, -EFBIG when
+ *  the table is full, or another negative code. */
+QK_API int qk_snapshot_create(qk_image *img, const char *name);
+
+/** Revert the image to the snapshot whose id, else whose name, is
+ *  ID_OR_NAME (QEMU's qcow2_snapshot_goto): the virtual size follows the
+ *  snapshot's. Every enabled persistent bitmap gets the bits of every
+ *  range whose mapping differs between the current state and the snapshot
+ *  (QEMU refuses to apply while bitmaps exist); disabled bitmaps are left
+ *  as they are. Returns 0, -ENOENT when there is no such snapshot,
+ *  -ENOTSUP with an external data file, or another negative code. */
+QK_API int qk_snapshot_apply(qk_image *img, const char *id_or_name);
+
+/** Delete the snapshot whose id, else whose name, is ID_OR_NAME, and free
+ *  the clusters only it used. Returns 0, -ENOENT, or another negative code. */
+QK_API int qk_snapshot_delete(qk_image *img, const char *id_or_name);
 
 #ifdef __cplusplus
 }

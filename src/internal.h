@@ -226,6 +226,18 @@ struct qk_snapshot {
 int snapshot_load(qk_image *img);
 void snapshot_free_all(qk_image *img);
 
+/* ---- snapshot-rw.c ------------------------------------------------------ */
+
+/* Serialize SN as a table entry into P (padded to 8 bytes); P NULL: only
+ * return the padded length. */
+size_t snapshot_entry_put(const struct qk_snapshot *sn, uint8_t *p);
+
+/* ---- resize.c ----------------------------------------------------------- */
+
+/* Grow the active L1 table to NEW_SIZE entries (new table written and
+ * flushed, header switched, old table freed). */
+int resize_grow_l1(qk_image *img, uint32_t new_size);
+
 /* ---- bitmap.c ---------------------------------------------------------- */
 
 struct qk_bitmap {
