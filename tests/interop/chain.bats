@@ -96,6 +96,19 @@ each_seed() {
     chain_same rebase -b "" m.qcow2
 }
 
+@test "commit: a top with an internal snapshot is emptied by discards, the snapshot kept" {
+    local CHAIN_LAYERS="b t"
+    mkdir src
+    qemu-img create -q -f qcow2 src/b.qcow2 4M
+    qemu-io -c 'write -P 1 0 1M' src/b.qcow2 >/dev/null
+    qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 src/t.qcow2
+    qemu-io -c 'write -P 3 100k 200k' src/t.qcow2 >/dev/null
+    qemu-img snapshot -c s1 src/t.qcow2
+    qemu-io -c 'write -P 4 150k 5k' -c 'write -P 5 2M 64k' -c 'write -z 3M 64k' src/t.qcow2 >/dev/null
+    chain_twins
+    chain_same commit t.qcow2
+}
+
 # errors_same CMD...: on one chain (seed 1), each command line (one per
 # argument, split on spaces) must give qemu-img's exit code, output and
 # resulting images.
