@@ -21,6 +21,8 @@ int cmd_io(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 
 /* main.c: print "qcowkit: " + message + "\n" to stderr. */

@@ -22,6 +22,8 @@ static const struct {
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
     { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
     { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
+    { "commit",  cmd_commit,  "commit an image's changes into its backing file" },
+    { "rebase",  cmd_rebase,  "change the backing file of an image" },
     { "snapshot", cmd_snapshot, "list, create, apply or delete internal snapshots" },
 };
 

@@ -357,6 +357,42 @@ typedef struct qk_create_opts {
 QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts);
 
 /* ------------------------------------------------------------------ */
+/* Backing chains: commit and rebase */
+
+/** Record NAME (NULL or "" = no backing file) and FMT ("qcow2", "raw", ...;
+ *  NULL = no backing-format extension) as IMG's backing file, as
+ *  `qemu-img rebase -u` does. IMG must be opened read-write. The header
+ *  cluster is rewritten in one write and flushed; when the new header does
+ *  not fit in it the call fails with -ENOSPC and nothing changes. The open
+ *  chain is not changed: the new backing file is used from the next open. */
+QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt);
+
+/** 1 if the range at OFFSET is allocated (data or zero clusters) in IMG or a
+ *  layer below it and above BASE (BASE itself excluded; NULL = the whole
+ *  chain), 0 if not; *pnum gets the length of the run from OFFSET (at most
+ *  LEN bytes) of which the same is true. A layer shorter than OFFSET counts
+ *  as allocating the zeros read past its end. Like QEMU's bdrv_is_allocated_above,
+ *  so qk_is_allocated_above(img, qk_backing(img), ...) asks about IMG alone. */
+QK_API int qk_is_allocated_above(qk_image *img, const qk_image *base, uint64_t offset,
+                                 uint64_t len, uint64_t *pnum);
+
+/** Turn IMG, opened read-only (typically a backing layer of a chain, as
+ *  returned by qk_backing()), into a read-write handle in place: the file is
+ *  opened again for writing, the locks become a writer's (failing with
+ *  QK_E_LOCKED when another process uses the file), and writes through IMG
+ *  track its enabled bitmaps. Images above IMG in the chain keep reading
+ *  through it. Refused for an external data file. */
+QK_API int qk_reopen_rw(qk_image *img);
+
+/** Drop all guest data of IMG (read-write qcow2), as qemu-img commit empties
+ *  the top image (QEMU's qcow2_make_empty): a v3 image without snapshots,
+ *  bitmaps, encryption or external data file is rebuilt with an empty L1
+ *  table and the file cut short; any other image has every cluster
+ *  discarded (unallocated, even over a backing file). Bitmaps are kept and
+ *  not marked dirty. */
+QK_API int qk_make_empty(qk_image *img);
+
+/* ------------------------------------------------------------------ */
 /* Internal snapshots (qcow2, handles opened with QK_OPEN_RDWR) */
 
 /** Create a snapshot of the current state named NAME (names need not be

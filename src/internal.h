@@ -352,6 +352,16 @@ int image_rewrite_header(qk_image *img);
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
 int image_mark_dirty(qk_image *img);
 
+/* ---- read.c ------------------------------------------------------------- */
+
+/* The status of one layer at [off, off+len) (len > 0, inside the layer), as
+ * its driver reports it, without walking the chain: QK_BS_PRESENT when this
+ * layer allocates the range. */
+int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e);
+/* Check a block-status request: the handle is open, OFFSET inside the disk,
+ * *LEN > 0 (then cut at the disk's end). */
+int status_range(qk_image *img, uint64_t offset, uint64_t *len);
+
 struct qk_image {
     char errmsg[4096];     /* fits a 1023-byte bitmap name twice plus the text */
     char *warnings;

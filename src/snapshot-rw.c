@@ -16,6 +16,11 @@
  *     old table is freed (write_table()).
  *  3. Entries are written as QEMU writes them: extra data at least 24 bytes
  *     (VM state size, disk size, icount), bytes past those kept as read.
+ *  4. A cluster freed here is punched out of the file (QEMU's default
+ *     pass-discard-snapshot) only once nothing on disk can reach it: the
+ *     header no longer points at the old table, the active L1 on disk no
+ *     longer at the old active state, the table no longer at a deleted
+ *     snapshot.
  *
  * Ordering, so that a crash leaves at worst leaked clusters:
  *  create: new L1 copy written; refcounts raised (+1 over the active L1, its
@@ -88,6 +93,26 @@ static int extend_extra(qk_image *img, struct qk_snapshot *sn)
     return 0;
 }
 
+/* Punch out the clusters of [off, off+len) whose refcount is 0, as QEMU
+ * discards what snapshot operations free (pass-discard-snapshot). Only
+ * called once nothing on disk can reach them; failures are ignored. */
+static void discard_freed(qk_image *img, uint64_t off, uint64_t len)
+{
+    uint64_t cs = img->cluster_size, rc;
+    for (uint64_t c = off & ~(cs - 1); c < off + len; c += cs)
+        if (refcount_get(img, c >> img->cluster_bits, &rc) == 0 && rc == 0)
+            img->io->ops->punch_hole(img->io, c, cs);
+}
+
+/* Drop one reference to [off, off+len) and discard what that frees. */
+static int release(qk_image *img, uint64_t off, uint64_t len)
+{
+    int r = refcount_update(img, off, len, -1);
+    if (r == 0)
+        discard_freed(img, off, len);
+    return r;
+}
+
 /* Invariant 2: img->snapshots[0..nb_snapshots) become the table on disk. */
 static int write_table(qk_image *img)
 {
@@ -128,7 +153,7 @@ static int write_table(qk_image *img)
     img->hdr.nb_snapshots = img->nb_snapshots;
     img->hdr.snapshots_offset = off;
     img->snapshots_size = bytes;
-    return old_size ? refcount_update(img, old, old_size, -1) : 0;
+    return old_size ? release(img, old, old_size) : 0;
 }
 
 /* QEMU's qcow2_validate_table for a snapshot's L1 table. */
@@ -220,7 +245,9 @@ static int entry_refcount(qk_image *img, uint64_t e, int addend, uint64_t l2_off
                           "L2 index: %#x)", (unsigned long long)host, (unsigned long long)l2_off, j);
     if (addend && (r = refcount_update(img, host, img->cluster_size, addend)) < 0)
         return r;
-    return refcount_get(img, host >> img->cluster_bits, rc);
+    if ((r = refcount_get(img, host >> img->cluster_bits, rc)) == 0 && addend < 0 && *rc == 0)
+        discard_freed(img, host, img->cluster_size);
+    return r;
 }
 
 /* QEMU's qcow2_update_snapshot_refcount over the L1 table L1 (L1_SIZE
@@ -262,8 +289,10 @@ static int update_refcounts(qk_image *img, uint64_t *l1, uint32_t l1_size, uint6
         if (r < 0 || (addend && (r = refcount_update(img, l2_off, img->cluster_size, addend)) < 0) ||
             (r = refcount_get(img, l2_off >> img->cluster_bits, &rc)) < 0)
             break;
-        if (rc == 0)
+        if (rc == 0) {
             cache_forget(img->l2_cache, l2_off);   /* freed: its entries no longer matter */
+            discard_freed(img, l2_off, img->cluster_size);
+        }
         uint64_t n = l2_off | (rc == 1 ? OFLAG_COPIED : 0);
         if (n != l1[i]) {
             l1[i] = n;
@@ -533,7 +562,7 @@ QK_API int qk_snapshot_delete(qk_image *img, const char *id_or_name)
     /* From here a failure only leaks clusters. */
     r = snapshot_refcounts(img, &sn, -1);
     if (r == 0 && sn.l1_size)
-        r = refcount_update(img, sn.l1_offset, (uint64_t)sn.l1_size * 8, -1);
+        r = release(img, sn.l1_offset, (uint64_t)sn.l1_size * 8);
     free(sn.id);
     free(sn.name);
     free(sn.extra);
