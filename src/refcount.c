@@ -160,10 +160,12 @@ int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value)
     return 0;
 }
 
-/* First run of N free clusters at or after img->free_cluster_index. */
+/* First run of N (>= 1) free clusters at or after img->free_cluster_index. */
 static int find_free(qk_image *img, uint64_t n, uint64_t *start)
 {
     uint64_t c = img->free_cluster_index, run = 0, first = c;
+    if (n == 0)   /* no run would ever match: the scan would end only at 2^56 */
+        return qk_set_error(img, QK_E_INVALID, "Allocating zero clusters");
     for (;;) {
         uint64_t v;
         if (c > (MAX_CLUSTER_OFFSET >> img->cluster_bits))
