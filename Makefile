@@ -96,7 +96,11 @@ UNIT_HELPERS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
 $(B)/tests/%: tests/unit/%.c $(UNIT_HELPERS) $(LIB_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	@$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka
+	@$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka $(UNIT_LDFLAGS)
+
+# test_fault fails the Nth allocation of the library: the malloc family
+# called from the library's objects goes through its __wrap_ functions.
+$(B)/tests/test_fault: UNIT_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
 # Fuzz regressions: each target replays the inputs that once broke it.
 REPLAY_BIN := $(patsubst tests/fuzz/%.c,$(B)/tests/replay-%,$(wildcard tests/fuzz/fuzz_*.c))

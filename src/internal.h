@@ -331,6 +331,10 @@ int lock_image(qk_image *img);
 /* Open an image on an I/O backend (which the handle owns from now on, even
  * on failure). NAME resolves backing files. qk_open() = file backend + this. */
 int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
+/* qk_create's qcow2 path into IO (empty; not locked, not removed on
+ * failure): for tests that create through the memory or fault backends.
+ * PATH only names the image (backing files given relative to it). */
+int image_create_io(qk_image *img, qk_io *io, const char *path, const qk_create_opts *o);
 /* Write BUF at OFF of the image file and flush (for header fields and
  * single table entries, whose order matters); WHAT names it in errors. */
 int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what);
