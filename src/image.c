@@ -187,8 +187,12 @@ static int validate_table(qk_image *img, uint64_t offset, uint64_t entries, uint
     uint64_t bytes = entries * entry_len;
     if ((uint64_t)INT64_MAX - bytes < offset || !is_aligned(offset, img->cluster_size))
         return QK_CORRUPT(img, "%s offset invalid", name);
-    /* QEMU opens such an image for a check, which then reports it. */
-    if (bytes && (offset == 0 || (offset + bytes > img->file_size && !(img->flags & QK_OPEN_CHECK))))
+    /* QEMU opens such an image for a check, which then reports it. A table
+     * ending less than a cluster past the end of the file reads its tail as
+     * zeros, and the check counts it as inside the file: so does open. */
+    uint64_t end = offset + bytes;
+    if (bytes && (offset == 0 || (end > img->file_size && end - img->file_size >= img->cluster_size &&
+                                  !(img->flags & QK_OPEN_CHECK))))
         return QK_CORRUPT(img, "%s is past the end of the file (offset %#llx, %llu bytes)", name,
                           (unsigned long long)offset, (unsigned long long)bytes);
     return 0;

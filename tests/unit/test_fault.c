@@ -125,8 +125,10 @@ static int workload(qk_io *io, int create, int *created)
     static uint8_t buf[300 << 10];
     int r;
     *created = !create;
-    if ((r = qk_image_new(&img)) < 0)
+    if ((r = qk_image_new(&img)) < 0) {
+        io_close(io);   /* image_open_io would have owned it */
         return r;
+    }
     if (create) {
         qk_create_opts o = QK_CREATE_OPTS_INIT;
         o.size = IMG_SIZE;
