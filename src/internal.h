@@ -137,6 +137,9 @@ void refcount_close(qk_image *img);
 int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value);
 /* Add +1 or -1 to the refcount of every cluster in [off, off+len). */
 int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend);
+/* refcount_update by DELTA in one step (DECREASE: down), as QEMU's
+ * update_refcount with an addend: check repairs set any refcount at once. */
+int refcount_change(qk_image *img, uint64_t off, uint64_t len, uint64_t delta, int decrease);
 /* Allocate the cluster at index CLUSTER if it is free: 0 done, 1 in use. */
 int refcount_alloc_at(qk_image *img, uint64_t cluster);
 /* Allocate N contiguous clusters (refcount 1); *offset gets the first. */
