@@ -333,6 +333,11 @@ int lock_image(qk_image *img);
 
 /* Open an image on an I/O backend (which the handle owns from now on, even
  * on failure). NAME resolves backing files. qk_open() = file backend + this. */
+/* A table (or snapshot entry) ending at END is past the end of the file
+ * when it ends a cluster or more past it: less than that reads its tail as
+ * zeros, and the check counts it as inside the file. Opening for a check
+ * takes everything (the check reports it). */
+int image_past_eof(const qk_image *img, uint64_t end);
 int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
 /* qk_create's qcow2 path into IO (empty; not locked, not removed on
  * failure): for tests that create through the memory or fault backends.
