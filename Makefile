@@ -105,11 +105,15 @@ UNIT_HELPERS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
 $(B)/tests/%: tests/unit/%.c $(UNIT_HELPERS) $(LIB_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	@$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka
+	@$(CC) $(BASECFLAGS) $(CODEC_CFLAGS) -Isrc -o $@ $< $(UNIT_HELPERS) $(LIB_OBJ) $(LIBS) -lcmocka $(UNIT_LDFLAGS)
+
+# test_fault fails the Nth allocation of the library: the malloc family
+# called from the library's objects goes through its __wrap_ functions.
+$(B)/tests/test_fault: UNIT_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
 # Fuzz regressions: each target replays the inputs that once broke it.
 REPLAY_BIN := $(patsubst tests/fuzz/%.c,$(B)/tests/replay-%,$(wildcard tests/fuzz/fuzz_*.c))
-$(B)/tests/replay-%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_OBJ)
+$(B)/tests/replay-%: tests/fuzz/%.c tests/fuzz/fuzz.h tests/fuzz/replay.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	@$(CC) $(BASECFLAGS) -Wno-missing-prototypes $(CODEC_CFLAGS) -Isrc -o $@ $< tests/fuzz/replay.c $(LIB_OBJ) $(LIBS)
@@ -147,21 +151,25 @@ bench: all
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 SECONDS ?= 60
-build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard src/*.h) include/qcowkit.h
-	@mkdir -p build-fuzz
-	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	    $(CODEC_CFLAGS) -Iinclude -Isrc -o $@ $< $(LIB_SRC) $(LIBS)
+FUZZ_CFLAGS := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=address,undefined -fno-sanitize-recover=all \
+    $(CODEC_CFLAGS) -Iinclude -Isrc
+FUZZ_OBJ := $(patsubst src/%.c,build-fuzz/src/%.o,$(LIB_SRC))
+build-fuzz/src/%.o: src/%.c $(wildcard src/*.h) include/qcowkit.h
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+build-fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_OBJ)
+	@echo "  LD      $@"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(LIBS)
 
 fuzz: $(FUZZ_BIN)
+.SECONDARY: $(FUZZ_OBJ)
 
-# Runs every target for SECONDS on seeds made by tests/fuzz/make-seeds.sh
-# plus what earlier runs found (build-fuzz/corpus-*).
+# Runs every target for SECONDS, two at a time, on seeds made by
+# tests/fuzz/make-seeds.sh plus what earlier runs found (build-fuzz/corpus-*);
+# prints execs, edges and corpus size per target, fails on a finding.
 fuzz-run: fuzz
-	@bash tests/fuzz/make-seeds.sh build-fuzz/seeds >/dev/null
-	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build-fuzz/corpus-$$n; \
-	    echo "== $$n for $(SECONDS) s"; \
-	    $$f -max_total_time=$(SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-	        build-fuzz/corpus-$$n build-fuzz/seeds 2>&1 | grep -E 'stat::|ERROR|SUMMARY|Done' ; done
+	@bash tests/fuzz/run.sh $(SECONDS) $(FUZZ_BIN)
 
 install: all $(B)/qcowkit.pc
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \

@@ -451,6 +451,8 @@ int ck_fix_snapshot_extra(struct ck *c)
     qk_image *img = c->img;
     size_t bytes = 0;
     int r;
+    if (img->nb_snapshots == 0)
+        return 0;   /* the incomplete ones were broken too, and dropped with the table */
     for (uint32_t i = 0; i < img->nb_snapshots; i++) {
         struct qk_snapshot *sn = &img->snapshots[i];
         if (sn->extra_size < 16) {

@@ -237,14 +237,14 @@ static int disk_rc(struct ck *c, uint64_t k, uint64_t *v)
     return 0;
 }
 
-/* Change the refcount of cluster K on disk from OLD to NEW. */
+/* Change the refcount of cluster K on disk from OLD to NEW (in one step:
+ * a 64-bit refcount may be off by 2^63). */
 static int disk_rc_adjust(struct ck *c, uint64_t k, uint64_t old, uint64_t new_v)
 {
-    int r = 0;
     ck_memo_reset(c);
-    for (uint64_t v = old; v != new_v && r == 0; v += new_v > old ? 1 : -1)
-        r = refcount_update(c->img, k << c->cb, c->cs, new_v > old ? 1 : -1);
-    return r;
+    if (new_v == old)
+        return 0;
+    return refcount_change(c->img, k << c->cb, c->cs, new_v > old ? new_v - old : old - new_v, new_v < old);
 }
 
 /* ---- L1 and L2 tables -------------------------------------------------- */

@@ -508,17 +508,11 @@ static int validate_qcow2(qk_image *img, const qk_create_opts *o, unsigned *cbit
 /* ---- files -------------------------------------------------------------- */
 
 /* Reserve (FALLOC: fallocate) or write zeros over (FULL) [OFF, OFF+LEN) of
- * PATH, open as IO; the file grows as needed, never shrinks. */
-static int fill_range(qk_io *io, const char *path, uint64_t off, uint64_t len, int mode)
+ * IO; the file grows as needed, never shrinks. */
+static int fill_range(qk_io *io, uint64_t off, uint64_t len, int mode)
 {
-    if (mode == QK_PREALLOC_FALLOC) {
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        if (fd < 0)
-            return -errno;
-        int r = fallocate(fd, 0, (off_t)off, (off_t)len) ? -errno : 0;
-        close(fd);
-        return r;
-    }
+    if (mode == QK_PREALLOC_FALLOC)
+        return io->ops->fallocate(io, off, len);
     static const uint8_t zeros[65536];
     while (len) {
         size_t n = (size_t)min_u64(len, sizeof zeros);
@@ -535,17 +529,17 @@ static int fill_range(qk_io *io, const char *path, uint64_t off, uint64_t len, i
  * (handle_aiocb_truncate): OFF only sets the length, except that a file
  * that was empty gets zeros over its first block (allocate_first_block);
  * FALLOC reserves the new range; FULL writes zeros over it. */
-static int grow_file(qk_io *io, const char *path, uint64_t cur, uint64_t size, int mode)
+static int grow_file(qk_io *io, uint64_t cur, uint64_t size, int mode)
 {
     if (size <= cur)
         return 0;
     if (mode == QK_PREALLOC_FALLOC)
-        return fill_range(io, path, cur, size - cur, mode);
+        return fill_range(io, cur, size - cur, mode);
     int r = io->ops->truncate(io, size);
     if (r)
         return r;
     if (mode == QK_PREALLOC_FULL)
-        return fill_range(io, path, cur, size - cur, mode);
+        return fill_range(io, cur, size - cur, mode);
     if (cur)
         return 0;
     static const uint8_t zeros[CR_MAX_FIRST_BLOCK];
@@ -623,7 +617,7 @@ static int create_raw(qk_image *img, const char *path, uint64_t size, int mode)
     if (ck_align_up(size, CR_SECTOR, &rounded) || rounded > INT64_MAX)
         r = -EINVAL;    /* what ftruncate says to a negative off_t */
     else
-        r = grow_file(io, path, 0, rounded, mode);
+        r = grow_file(io, 0, rounded, mode);
     if (!r)
         r = io->ops->flush(io);
     io_close(io);
@@ -904,7 +898,7 @@ static int backing_size(qk_image *img, const char *path, const qk_create_opts *o
 
 /* Step 6: serialize the header into cluster 0, write everything, then
  * reserve or zero the data area of a falloc/full image. */
-static int write_qcow2(qk_image *img, qk_io *io, const char *path, struct cr_layout *L,
+static int write_qcow2(qk_image *img, qk_io *io, struct cr_layout *L,
                        const qk_create_opts *o)
 {
     uint8_t *hbuf = cr_at(&L->file, 0, L->alloc.cs);
@@ -920,7 +914,7 @@ static int write_qcow2(qk_image *img, qk_io *io, const char *path, struct cr_lay
                             "header extensions do not fit in the first cluster");
     r = cr_flush(&L->file, io);
     if (!r && L->fill_len)
-        r = fill_range(io, path, L->fill_off, L->fill_len, L->mode);
+        r = fill_range(io, L->fill_off, L->fill_len, L->mode);
     if (!r)
         r = io->ops->flush(io);
     if (r)
@@ -931,33 +925,30 @@ static int write_qcow2(qk_image *img, qk_io *io, const char *path, struct cr_lay
 /* The external data file: QEMU truncates it to the disk size (OFF), or,
  * having mapped it 1:1, writes zeros over the rest of the last subcluster
  * and then grows it to the disk size in the preallocation mode. */
-static int finish_data_file(qk_io *dio, const char *path, const struct cr_layout *L)
+static int finish_data_file(qk_io *dio, const struct cr_layout *L)
 {
     uint64_t cur = 0;
     int r;
 
     if (L->mode != QK_PREALLOC_OFF && L->size % L->subcluster) {
         cur = L->size - L->size % L->subcluster + L->subcluster;
-        if ((r = fill_range(dio, path, L->size, cur - L->size, QK_PREALLOC_FULL)))
+        if ((r = fill_range(dio, L->size, cur - L->size, QK_PREALLOC_FULL)))
             return r;
     }
-    r = grow_file(dio, path, cur, L->size, L->mode == QK_PREALLOC_METADATA ? QK_PREALLOC_OFF : L->mode);
+    r = grow_file(dio, cur, L->size, L->mode == QK_PREALLOC_METADATA ? QK_PREALLOC_OFF : L->mode);
     return r ? r : dio->ops->flush(dio);
 }
 
-static int create_qcow2(qk_image *img, const char *path, const qk_create_opts *o)
+/* Steps 1-6 into IO (empty, locked), and DIO for an external data file.
+ * PATH names the image for backing files given relative to it. */
+static int create_qcow2_on(qk_image *img, qk_io *io, qk_io *dio, const char *path, const qk_create_opts *o)
 {
     struct cr_layout L;
-    qk_io *io = NULL, *dio = NULL;
     unsigned cbits = 0;
     int r;
 
     memset(&L, 0, sizeof L);
     L.size = o->size;
-    if ((r = open_new_file(img, path, &io)))
-        return r;
-    if (o->data_file && (r = open_new_file(img, o->data_file, &dio)))
-        goto fail;
     if ((r = validate_qcow2(img, o, &cbits)))
         goto fail;
     if (!L.size && o->backing_file && !o->no_backing_check &&
@@ -974,10 +965,24 @@ static int create_qcow2(qk_image *img, const char *path, const qk_create_opts *o
     else if (r)
         r = qk_set_error(img, r, "Could not resize image: %s", strerror(-r));
     if (!r)
-        r = write_qcow2(img, io, path, &L, o);
-    if (!r && dio && (r = finish_data_file(dio, o->data_file, &L)))
+        r = write_qcow2(img, io, &L, o);
+    if (!r && dio && (r = finish_data_file(dio, &L)))
         r = qk_set_error(img, r, "Could not resize data file: %s", strerror(-r));
 fail:
+    free(L.alloc.reftable);
+    cr_file_free(&L.file);
+    return r;
+}
+
+static int create_qcow2(qk_image *img, const char *path, const qk_create_opts *o)
+{
+    qk_io *io = NULL, *dio = NULL;
+    int r;
+
+    if ((r = open_new_file(img, path, &io)))
+        return r;
+    if (!o->data_file || !(r = open_new_file(img, o->data_file, &dio)))
+        r = create_qcow2_on(img, io, dio, path, o);
     io_close(io);
     io_close(dio);
     if (r) {
@@ -985,9 +990,15 @@ fail:
         if (dio)
             unlink(o->data_file);
     }
-    free(L.alloc.reftable);
-    cr_file_free(&L.file);
     return r;
+}
+
+int image_create_io(qk_image *img, qk_io *io, const char *path, const qk_create_opts *o)
+{
+    img->errmsg[0] = '\0';
+    if (o->struct_version < 1 || o->format != QK_FMT_QCOW2 || o->data_file)
+        return qk_set_error(img, QK_E_INVALID, "image_create_io: a qcow2 image without a data file only");
+    return create_qcow2_on(img, io, NULL, path, o);
 }
 
 QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts)

@@ -66,6 +66,10 @@ int qk_set_error(qk_image *img, int code, const char *fmt, ...)
     return code;
 }
 
+/* Warnings stop at WARNINGS_MAX bytes (then one line says so): appending
+ * stays linear and bounded however many lines a repair at open produces. */
+#define WARNINGS_MAX (64u << 10)
+
 void qk_add_warning(qk_image *img, const char *fmt, ...)
 {
     char line[512];
@@ -73,8 +77,10 @@ void qk_add_warning(qk_image *img, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    if (n < 0)
+    if (n < 0 || img->warnings_len > WARNINGS_MAX)
         return;
+    if (img->warnings_len + strlen(line) > WARNINGS_MAX)   /* a hostile image may warn without end */
+        snprintf(line, sizeof line, "(further warnings omitted)");
     size_t add = strlen(line);
     char *w = realloc(img->warnings, img->warnings_len + add + 2);
     if (!w)

@@ -179,6 +179,11 @@ QK_API qk_image *qk_backing(qk_image *img)
 
 /* Check that a table of BYTES bytes at OFFSET is aligned and inside the
  * file, with QEMU's messages for the first two cases (qcow2_validate_table). */
+int image_past_eof(const qk_image *img, uint64_t end)
+{
+    return end > img->file_size && end - img->file_size >= img->cluster_size && !(img->flags & QK_OPEN_CHECK);
+}
+
 static int validate_table(qk_image *img, uint64_t offset, uint64_t entries, uint64_t entry_len,
                           uint64_t max_bytes, const char *name)
 {
@@ -187,8 +192,7 @@ static int validate_table(qk_image *img, uint64_t offset, uint64_t entries, uint
     uint64_t bytes = entries * entry_len;
     if ((uint64_t)INT64_MAX - bytes < offset || !is_aligned(offset, img->cluster_size))
         return QK_CORRUPT(img, "%s offset invalid", name);
-    /* QEMU opens such an image for a check, which then reports it. */
-    if (bytes && (offset == 0 || (offset + bytes > img->file_size && !(img->flags & QK_OPEN_CHECK))))
+    if (bytes && (offset == 0 || image_past_eof(img, offset + bytes)))
         return QK_CORRUPT(img, "%s is past the end of the file (offset %#llx, %llu bytes)", name,
                           (unsigned long long)offset, (unsigned long long)bytes);
     return 0;

@@ -137,6 +137,9 @@ void refcount_close(qk_image *img);
 int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value);
 /* Add +1 or -1 to the refcount of every cluster in [off, off+len). */
 int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend);
+/* refcount_update by DELTA in one step (DECREASE: down), as QEMU's
+ * update_refcount with an addend: check repairs set any refcount at once. */
+int refcount_change(qk_image *img, uint64_t off, uint64_t len, uint64_t delta, int decrease);
 /* Allocate the cluster at index CLUSTER if it is free: 0 done, 1 in use. */
 int refcount_alloc_at(qk_image *img, uint64_t cluster);
 /* Allocate N contiguous clusters (refcount 1); *offset gets the first. */
@@ -342,7 +345,16 @@ int lock_image(qk_image *img);
 
 /* Open an image on an I/O backend (which the handle owns from now on, even
  * on failure). NAME resolves backing files. qk_open() = file backend + this. */
+/* A table (or snapshot entry) ending at END is past the end of the file
+ * when it ends a cluster or more past it: less than that reads its tail as
+ * zeros, and the check counts it as inside the file. Opening for a check
+ * takes everything (the check reports it). */
+int image_past_eof(const qk_image *img, uint64_t end);
 int image_open_io(qk_image *img, qk_io *io, const char *name, unsigned flags);
+/* qk_create's qcow2 path into IO (empty; not locked, not removed on
+ * failure): for tests that create through the memory or fault backends.
+ * PATH only names the image (backing files given relative to it). */
+int image_create_io(qk_image *img, qk_io *io, const char *path, const qk_create_opts *o);
 /* Write BUF at OFF of the image file and flush (for header fields and
  * single table entries, whose order matters); WHAT names it in errors. */
 int image_write_sync(qk_image *img, uint64_t off, const void *buf, size_t len, const char *what);

@@ -1,6 +1,6 @@
 /*
  * io-fault.c - the fault and crash backend: wraps another backend, fails the
- * Nth read, write or flush on request, and records every write and flush so
+ * Nth read, write, flush or file-sizing call (truncate, fallocate) on request, and records every write and flush so
  * that a test can rebuild what the disk could hold after a crash.
  *
  * Invariants:
@@ -16,8 +16,8 @@
 #include "io.h"
 
 struct io_fault {
-    long counts[3];              /* reads, writes, flushes so far */
-    long fail_at[3];             /* 1-based op number to fail, 0 = never */
+    long counts[IO_FAULT_KINDS]; /* reads, writes, flushes, truncates+fallocates so far */
+    long fail_at[IO_FAULT_KINDS]; /* 1-based op number to fail, 0 = never */
     int record;
     int keep_inner;              /* closing the wrapper leaves the inner backend open */
     struct io_fault_op *log;
@@ -97,9 +97,17 @@ static int fault_get_size(qk_io *io, uint64_t *size)
 static int fault_truncate(qk_io *io, uint64_t size)
 {
     struct io_fault_io *w = (struct io_fault_io *)io;
-    if (should_fail(w->ctl, IO_FAULT_WRITE))
+    if (should_fail(w->ctl, IO_FAULT_GROW))
         return -EIO;
     return w->inner->ops->truncate(w->inner, size);
+}
+
+static int fault_fallocate(qk_io *io, uint64_t off, uint64_t len)
+{
+    struct io_fault_io *w = (struct io_fault_io *)io;
+    if (should_fail(w->ctl, IO_FAULT_GROW))
+        return -EIO;
+    return w->inner->ops->fallocate(w->inner, off, len);
 }
 
 static int fault_punch_hole(qk_io *io, uint64_t off, uint64_t len)
@@ -136,6 +144,7 @@ static const struct qk_io_ops fault_ops = {
     .flush = fault_flush,
     .get_size = fault_get_size,
     .truncate = fault_truncate,
+    .fallocate = fault_fallocate,
     .punch_hole = fault_punch_hole,
     .data_status = fault_data_status,
     .allocated_size = fault_allocated_size,

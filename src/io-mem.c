@@ -79,6 +79,14 @@ static int mem_truncate(qk_io *io, uint64_t size)
     return mem_grow(m, size);
 }
 
+static int mem_fallocate(qk_io *io, uint64_t off, uint64_t len)
+{
+    struct io_mem *m = (struct io_mem *)io;
+    if (off > m->max || len > m->max - off)
+        return -EFBIG;
+    return mem_grow(m, off + len);
+}
+
 static int mem_punch_hole(qk_io *io, uint64_t off, uint64_t len)
 {
     struct io_mem *m = (struct io_mem *)io;
@@ -117,6 +125,7 @@ static const struct qk_io_ops mem_ops = {
     .flush = mem_flush,
     .get_size = mem_get_size,
     .truncate = mem_truncate,
+    .fallocate = mem_fallocate,
     .punch_hole = mem_punch_hole,
     .data_status = mem_data_status,
     .allocated_size = mem_allocated_size,

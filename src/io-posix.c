@@ -96,6 +96,14 @@ static int posix_truncate(qk_io *io, uint64_t size)
     return ftruncate(p->fd, (off_t)size) < 0 ? -errno : 0;
 }
 
+static int posix_reserve(qk_io *io, uint64_t off, uint64_t len)
+{
+    struct io_posix *p = (struct io_posix *)io;
+    if (off > INT64_MAX || len > INT64_MAX - off)
+        return -EFBIG;
+    return fallocate(p->fd, 0, (off_t)off, (off_t)len) < 0 ? -errno : 0;
+}
+
 static int posix_punch_hole(qk_io *io, uint64_t off, uint64_t len)
 {
     struct io_posix *p = (struct io_posix *)io;
@@ -175,6 +183,7 @@ static const struct qk_io_ops posix_ops = {
     .flush = posix_flush,
     .get_size = posix_get_size,
     .truncate = posix_truncate,
+    .fallocate = posix_reserve,
     .punch_hole = posix_punch_hole,
     .data_status = posix_data_status,
     .allocated_size = posix_allocated_size,

@@ -2,7 +2,8 @@
  * io.h - the I/O backend vtable under every image file.
  *
  * Backends: io-posix.c (a file: pread/pwrite/fdatasync/fallocate, byte-range
- * locks) and io-mem.c (a growable buffer, for unit tests and fuzzing).
+ * locks), io-mem.c (a growable buffer, for unit tests and fuzzing) and
+ * io-fault.c (fault injection around another backend).
  *
  * Invariants:
  *  1. pread fills the whole buffer; bytes past the end of the file read as
@@ -24,6 +25,9 @@ struct qk_io_ops {
     int (*flush)(qk_io *io);
     int (*get_size)(qk_io *io, uint64_t *size);
     int (*truncate)(qk_io *io, uint64_t size);
+    /* Reserve [off, off+len) on the host (fallocate mode 0): the file grows
+     * to off+len at least; the contents are unchanged. */
+    int (*fallocate)(qk_io *io, uint64_t off, uint64_t len);
     /* Deallocate [off, off+len) so it reads as zeros. */
     int (*punch_hole)(qk_io *io, uint64_t off, uint64_t len);
     /* Is OFF in data (1) or a hole (0)? *run gets the length of that state
@@ -53,8 +57,9 @@ int io_mem_new(qk_io **out, const void *data, size_t len);
 int io_mem_new_limited(qk_io **out, const void *data, size_t len, uint64_t max);
 const uint8_t *io_mem_data(qk_io *io, size_t *len);
 
-/* io-fault.c: fail the Nth operation of a kind; record writes and flushes. */
-enum { IO_FAULT_READ = 0, IO_FAULT_WRITE = 1, IO_FAULT_FLUSH = 2 };
+/* io-fault.c: fail the Nth operation of a kind; record writes and flushes.
+ * GROW counts truncate and fallocate (the calls that size the file). */
+enum { IO_FAULT_READ = 0, IO_FAULT_WRITE = 1, IO_FAULT_FLUSH = 2, IO_FAULT_GROW = 3, IO_FAULT_KINDS };
 struct io_fault_op {
     int is_flush;
     uint64_t offset;

@@ -160,10 +160,12 @@ int refcount_get(qk_image *img, uint64_t cluster, uint64_t *value)
     return 0;
 }
 
-/* First run of N free clusters at or after img->free_cluster_index. */
+/* First run of N (>= 1) free clusters at or after img->free_cluster_index. */
 static int find_free(qk_image *img, uint64_t n, uint64_t *start)
 {
     uint64_t c = img->free_cluster_index, run = 0, first = c;
+    if (n == 0)   /* no run would ever match: the scan would end only at 2^56 */
+        return qk_set_error(img, QK_E_INVALID, "Allocating zero clusters");
     for (;;) {
         uint64_t v;
         if (c > (MAX_CLUSTER_OFFSET >> img->cluster_bits))
@@ -249,17 +251,18 @@ static int ensure_block(qk_image *img, uint64_t i, int *made)
     }
 }
 
-/* Add ADDEND (+1 or -1) to the refcount of every cluster in [off, off+len). */
-int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
+/* Add DELTA to (DECREASE: subtract it from) the refcount of every cluster
+ * in [off, off+len), in one step per cluster whatever DELTA is. */
+int refcount_change(qk_image *img, uint64_t off, uint64_t len, uint64_t delta, int decrease)
 {
     uint64_t first = off >> img->cluster_bits;
     uint64_t last = (off + len - 1) >> img->cluster_bits;
     int r;
-    if (addend < 0 && (r = cache_set_dependency(img->rb_cache, img->l2_cache)) < 0)
+    if (decrease && (r = cache_set_dependency(img->rb_cache, img->l2_cache)) < 0)
         return qk_set_error(img, r, "Could not write metadata: %s", qk_strerror(r));
     for (uint64_t c = first; c <= last; c++) {
         uint64_t i = c / img->refblock_entries, boff;
-        if (addend > 0) {
+        if (!decrease) {
             int made = 0;
             if ((r = ensure_block(img, i, &made)) < 0)
                 return r;
@@ -274,13 +277,13 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
             return qk_set_error(img, r, "Could not read refcount block: %s", qk_strerror(r));
         uint64_t idx = c % img->refblock_entries;
         uint64_t v = refblock_get(img, b, idx);
-        if (addend < 0 && v == 0)
+        if (decrease && v < delta)
             return QK_CORRUPT(img, "Refcount of cluster %#llx would drop below 0",
                               (unsigned long long)(c << img->cluster_bits));
-        if (addend > 0 && v == rc_max(img))
+        if (!decrease && delta > rc_max(img) - v)
             return qk_set_error(img, QK_E_TOO_LARGE, "Refcount of cluster %#llx would overflow",
                                 (unsigned long long)(c << img->cluster_bits));
-        v = addend > 0 ? v + 1 : v - 1;
+        v = decrease ? v - delta : v + delta;
         refblock_set(img, b, idx, v);
         if (v == 0 && c < img->free_cluster_index)
             img->free_cluster_index = c;
@@ -288,6 +291,12 @@ int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
             img->free_byte_offset = 0;   /* no more packing into a freed cluster */
     }
     return 0;
+}
+
+/* Add ADDEND (+1 or -1) to the refcount of every cluster in [off, off+len). */
+int refcount_update(qk_image *img, uint64_t off, uint64_t len, int addend)
+{
+    return refcount_change(img, off, len, 1, addend < 0);
 }
 
 int refcount_alloc(qk_image *img, uint64_t n, uint64_t *offset)

@@ -67,7 +67,7 @@ int snapshot_load(qk_image *img)
         if (off - start + SNAP_FIXED_SIZE > MAX_SNAPSHOTS_BYTES)
             return QK_CORRUPT(img, "Snapshot table is too big");
         /* Past the end reads as zeros; a check reports what that gives. */
-        if (off + SNAP_FIXED_SIZE > img->file_size && !(img->flags & QK_OPEN_CHECK))
+        if (image_past_eof(img, off + SNAP_FIXED_SIZE))
             return QK_CORRUPT(img, "Snapshot table entry %u is past the end of the file", i);
         if ((r = io_pread(img->io, fixed, sizeof fixed, off)) < 0)
             return qk_set_error(img, r, "Failed to read snapshot table: %s", qk_strerror(r));
@@ -87,7 +87,7 @@ int snapshot_load(qk_image *img)
         ck_align_up(entry_len, 8, &padded);
         if (off - start + padded > MAX_SNAPSHOTS_BYTES)
             return QK_CORRUPT(img, "Snapshot table is too big");
-        if (off + entry_len > img->file_size && !(img->flags & QK_OPEN_CHECK))
+        if (image_past_eof(img, off + entry_len))
             return QK_CORRUPT(img, "Snapshot table entry %u is past the end of the file", i);
         off += SNAP_FIXED_SIZE;
         if (sn->extra_size) {

@@ -2,7 +2,8 @@
 # tests/install-peers.sh - make sure the programs and libraries the tests need are here.
 #
 # Needed: qemu-img/qemu-io/qemu-nbd (qemu-utils), nbdinfo (libnbd-bin), bats, GNU parallel (bats
-# --jobs), jq, zstd, pkg-config, and the cmocka, libzstd and ISA-L (fast deflate) headers.
+# --jobs), jq, zstd, pkg-config, xxd (tests/corrupt/fuzz.bats), GNU time and perl
+# (tests/corrupt/resources.sh), and the cmocka, libzstd and ISA-L (fast deflate) headers.
 # - Everything present: prints nothing, exits 0 (safe to run on every `make check`).
 # - Something missing and we are root: apt-get update && apt-get install -y the packages.
 # - Otherwise: says what is missing and exits 0 so the suites can skip (exit 77 / bats skip);
@@ -12,7 +13,7 @@ set -u
 declare -A pkg_of=(
     [qemu-img]=qemu-utils [qemu-io]=qemu-utils [qemu-nbd]=qemu-utils
     [nbdinfo]=libnbd-bin [bats]=bats [parallel]=parallel [jq]=jq [zstd]=zstd
-    [pkg-config]=pkg-config
+    [pkg-config]=pkg-config [xxd]=xxd [/usr/bin/time]=time [perl]=perl
 )
 declare -A hdr_of=(
     [/usr/include/cmocka.h]=libcmocka-dev [/usr/include/zstd.h]=libzstd-dev

@@ -170,3 +170,10 @@ make_deep_chain() {
             open(my $o, ">:raw", sprintf("d%04d.qcow2", $i)) or die; print $o $img; close $o;
         }' "$n" "$bo" && rm -f tmpl.qcow2
 }
+
+# from_xxd FILE: write FILE from an `xxd` dump on stdin (tiny images found by fuzzing are kept as
+# text in the test: lines of zeros may be left out, xxd -r leaves the gaps as zeros; the last
+# line gives the size).
+from_xxd() {
+    xxd -r >"$1"
+}

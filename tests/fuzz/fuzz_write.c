@@ -12,9 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static uint64_t pick(const uint8_t *op, uint64_t disk)
 {
@@ -35,17 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *ops = data + img_len;
 
     qk_image *img;
-    qk_io *io;
-    if (qk_image_new(&img) < 0)
+    if (fuzz_open(&img, data, img_len, 64u << 20, QK_OPEN_RDWR) < 0)
         return 0;
-    if (io_mem_new_limited(&io, data, img_len, 64u << 20) < 0) {
-        qk_close(img);
-        return 0;
-    }
-    if (image_open_io(img, io, "fuzz.qcow2", QK_OPEN_RDWR | QK_OPEN_NO_BACKING | QK_OPEN_FMT_QCOW2) < 0) {
-        qk_close(img);
-        return 0;
-    }
     static uint8_t buf[1 << 17];
     for (size_t i = 0; i < nops; i++) {
         const uint8_t *op = ops + i * 8;
