@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,7 +93,23 @@ struct create_args {
     struct opt_val *vals;       /* parallel to descs */
     int no_backing_check;
     int quiet;
+    const char *parse_prefix;   /* before -o parse errors (NULL: none; convert) */
+    const char *fail_prefix;    /* before errors of the create step itself */
 };
+
+/* cli_error() of "PREFIX: message", or of the bare message without PREFIX. */
+static void __attribute__((format(printf, 2, 3))) prefixed_error(const char *prefix, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (prefix)
+        cli_error("%s: %s", prefix, msg);
+    else
+        cli_error("%s", msg);
+}
 
 static void create_help(void)
 {
@@ -120,7 +137,7 @@ static int desc_cmp(const void *a, const void *b)
 
 /* qemu-img's "-o help": the options sorted by name; the file layer's ones
  * only when a file name was given. */
-static void print_option_help(const char *fmt, const char *filename)
+void cli_print_option_help(const char *fmt, const char *filename)
 {
     static const char *const tn[] = { "str", "bool (on/off)", "num", "size" };
     const struct opt_desc *d = !strcmp(fmt, "qcow2") ? qcow2_opts : raw_opts;
@@ -181,7 +198,7 @@ static int parse_number(const char *s, uint64_t *v)
 }
 
 /* Parse VALUE for option D into *V; print qemu's message on error. */
-static int parse_typed(const char *filename, const struct opt_desc *d, const char *value, uint64_t *v)
+static int parse_typed(const char *prefix, const struct opt_desc *d, const char *value, uint64_t *v)
 {
     int r;
     switch (d->type) {
@@ -190,21 +207,21 @@ static int parse_typed(const char *filename, const struct opt_desc *d, const cha
     case T_BOOL:
         if (!parse_bool(value, v))
             return 0;
-        cli_error("%s: Parameter '%s' expects 'on' or 'off'", filename, d->name);
+        prefixed_error(prefix, "Parameter '%s' expects 'on' or 'off'", d->name);
         return -1;
     case T_NUMBER:
         if (!parse_number(value, v))
             return 0;
-        cli_error("%s: Parameter '%s' expects a number", filename, d->name);
+        prefixed_error(prefix, "Parameter '%s' expects a number", d->name);
         return -1;
     case T_SIZE:
         r = cli_parse_size(value, v);   /* note: caps at INT64_MAX, qemu at 2^64-1 */
         if (!r)
             return 0;
         if (r == -ERANGE) {
-            cli_error("%s: Value '%s' is out of range for parameter '%s'", filename, value, d->name);
+            prefixed_error(prefix, "Value '%s' is out of range for parameter '%s'", value, d->name);
         } else {
-            cli_error("%s: Parameter '%s' expects a non-negative number below 2^64", filename, d->name);
+            prefixed_error(prefix, "Parameter '%s' expects a non-negative number below 2^64", d->name);
             fputs("Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
                   "and exabytes, respectively.\n", stderr);
         }
@@ -225,11 +242,11 @@ static int set_val(struct create_args *a, const char *name, const char *value, i
 {
     struct opt_val *v = find_val(a, name);
     if (!v) {
-        cli_error("%s: Invalid parameter '%s'", a->filename, name);
+        prefixed_error(a->parse_prefix, "Invalid parameter '%s'", name);
         return -1;
     }
     uint64_t num = 0;
-    if (typed && parse_typed(a->filename, v->desc, value, &num))
+    if (typed && parse_typed(a->parse_prefix, v->desc, value, &num))
         return -1;
     free(v->str);
     v->str = strdup(value);
@@ -435,7 +452,7 @@ static uint64_t val_num(struct create_args *a, const char *name, uint64_t def)
 
 static int enum_error(struct create_args *a, const char *param, const char *value)
 {
-    cli_error("%s: Parameter '%s' does not accept value '%s'", a->filename, param, value);
+    prefixed_error(a->fail_prefix, "Parameter '%s' does not accept value '%s'", param, value);
     /* QEMU has created the file(s) before this check and deletes them. */
     unlink(a->filename);
     const char *df = val_str(a, "data_file");
@@ -509,7 +526,7 @@ static int run_create(struct create_args *a)
         const char *prealloc = val_str(a, "preallocation");
         if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "metadata") &&
             strcmp(prealloc, "falloc") && strcmp(prealloc, "full")) {
-            cli_error("%s: invalid parameter value: %s", a->filename, prealloc);
+            prefixed_error(a->fail_prefix, "invalid parameter value: %s", prealloc);
             return 1;
         }
         o.format = QK_FMT_RAW;
@@ -518,31 +535,28 @@ static int run_create(struct create_args *a)
         return 1;
     }
     if ((r = qk_image_new(&img))) {
-        cli_error("%s: %s", a->filename, qk_strerror(r));
+        prefixed_error(a->fail_prefix, "%s", qk_strerror(r));
         return 1;
     }
     r = qk_create(img, a->filename, &o);
     if (r)
-        cli_error("%s: %s", a->filename, *qk_errmsg(img) ? qk_errmsg(img) : qk_strerror(r));
+        prefixed_error(a->fail_prefix, "%s", *qk_errmsg(img) ? qk_errmsg(img) : qk_strerror(r));
     qk_close(img);
     return r ? 1 : 0;
 }
 
 /* ---- command line ------------------------------------------------------- */
 
-/* Steps 1-3; then run_create. OPTIONS is the joined -o list or NULL;
- * SIZE_ARG the SIZE argument (NULL if none), already parsed to SIZE_VALUE. */
-static int create_image(struct create_args *a, const char *options, const char *base,
-                        const char *base_fmt, const char *size_arg, uint64_t size_value)
+/* Step 1 up to the size: select FMT's option list and parse OPTIONS (the
+ * joined -o list or NULL) into A. */
+static int args_parse(struct create_args *a, const char *options)
 {
-    struct opt_val *size;
-
     if (!strcmp(a->fmt, "qcow2")) {
         a->descs = qcow2_opts;
     } else if (!strcmp(a->fmt, "raw")) {
         a->descs = raw_opts;
     } else {
-        cli_error("%s: Unknown file format '%s'", a->filename, a->fmt);
+        prefixed_error(a->parse_prefix, "Unknown file format '%s'", a->fmt);
         return 1;
     }
     size_t n = 0;
@@ -553,7 +567,43 @@ static int create_image(struct create_args *a, const char *options, const char *
         abort();
     for (size_t i = 0; i < n; i++)
         a->vals[i].desc = &a->descs[i];
-    if (options && parse_option_list(a, options))
+    return options && parse_option_list(a, options) ? 1 : 0;
+}
+
+/* The old-style backing options (-b/-F of create, -B/-F of convert). */
+static int args_set_backing(struct create_args *a, const char *base, const char *base_fmt)
+{
+    if (base && !find_val(a, "backing_file")) {
+        prefixed_error(a->parse_prefix, "Backing file not supported for file format '%s'", a->fmt);
+        return 1;
+    }
+    if (base)
+        set_val(a, "backing_file", base, 0);
+    if (base_fmt && !find_val(a, "backing_fmt")) {
+        prefixed_error(a->parse_prefix, "Backing file format not supported for file format '%s'", a->fmt);
+        return 1;
+    }
+    if (base_fmt)
+        set_val(a, "backing_fmt", base_fmt, 0);
+    return 0;
+}
+
+static void args_free(struct create_args *a)
+{
+    if (a->vals)
+        for (size_t i = 0; a->descs[i].name; i++)
+            free(a->vals[i].str);
+    free(a->vals);
+}
+
+/* Steps 1-3; then run_create. OPTIONS is the joined -o list or NULL;
+ * SIZE_ARG the SIZE argument (NULL if none), already parsed to SIZE_VALUE. */
+static int create_image(struct create_args *a, const char *options, const char *base,
+                        const char *base_fmt, const char *size_arg, uint64_t size_value)
+{
+    struct opt_val *size;
+
+    if (args_parse(a, options))
         return 1;
     size = find_val(a, "size");
     if (size_arg && size->set) {
@@ -564,27 +614,49 @@ static int create_image(struct create_args *a, const char *options, const char *
         set_val(a, "size", size_arg, 0);
         size->num = size_value;
     }
-    if (base && !find_val(a, "backing_file")) {
-        cli_error("%s: Backing file not supported for file format '%s'", a->filename, a->fmt);
-        return 1;
-    }
-    if (base)
-        set_val(a, "backing_file", base, 0);
-    if (base_fmt && !find_val(a, "backing_fmt")) {
-        cli_error("%s: Backing file format not supported for file format '%s'", a->filename, a->fmt);
-        return 1;
-    }
-    if (base_fmt)
-        set_val(a, "backing_fmt", base_fmt, 0);
-    if (resolve_backing_and_size(a))
+    if (args_set_backing(a, base, base_fmt) || resolve_backing_and_size(a))
         return 1;
     if (!a->quiet)
         print_formatting(a);
     return run_create(a);
 }
 
+int cli_convert_create(const char *filename, const char *fmt, const char *options, const char *base,
+                       const char *base_fmt, uint64_t size, int compressed, char **backing)
+{
+    char prefix[4096];
+    struct create_args a = { filename, fmt, NULL, NULL, 1, 1, NULL, prefix };
+    int rc = 1;
+
+    *backing = NULL;
+    snprintf(prefix, sizeof prefix, "%s: error while converting %s", filename, fmt);
+    if (args_parse(&a, options))
+        goto out;
+    char num[32];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)size);
+    set_val(&a, "size", num, 0);
+    find_val(&a, "size")->num = size;
+    if (args_set_backing(&a, base, base_fmt))
+        goto out;
+    const char *bf = val_str(&a, "backing_file"), *prealloc = val_str(&a, "preallocation");
+    if (bf && !val_str(&a, "backing_fmt")) {
+        cli_error("Use of backing file requires explicit backing format");
+        goto out;
+    }
+    if (compressed && prealloc && strcmp(prealloc, "off")) {
+        cli_error("Compression and preallocation not supported at the same time");
+        goto out;
+    }
+    if (bf && !(*backing = strdup(bf)))
+        abort();
+    rc = run_create(&a);
+out:
+    args_free(&a);
+    return rc ? -1 : 0;
+}
+
 /* Append "-o" argument ARG to *LIST (joined with ','). */
-static int add_options(char **list, const char *arg)
+int cli_add_options(char **list, const char *arg)
 {
     if (!valid_option_list(arg)) {
         cli_error("Invalid option list: %s", arg);
@@ -601,7 +673,7 @@ static int add_options(char **list, const char *arg)
     return 0;
 }
 
-static int has_help_option(const char *list)
+int cli_has_help_option(const char *list)
 {
     const char *p = list;
     while (p && *p) {
@@ -619,7 +691,7 @@ int cmd_create(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    struct create_args a = { NULL, "raw", NULL, NULL, 0, 0 };
+    struct create_args a = { NULL, "raw", NULL, NULL, 0, 0, NULL, NULL };
     const char *base = NULL, *base_fmt = NULL, *size_arg = NULL;
     uint64_t size_value = 0;
     char *options = NULL;
@@ -633,7 +705,7 @@ int cmd_create(int argc, char **argv)
         case 'b': base = optarg; break;
         case 'f': a.fmt = optarg; break;
         case 'o':
-            if (add_options(&options, optarg))
+            if (cli_add_options(&options, optarg))
                 goto out;
             break;
         case 'q': a.quiet = 1; break;
@@ -642,12 +714,12 @@ int cmd_create(int argc, char **argv)
         default: rc = cli_bad_option(argv, optind, 0); goto out;
         }
     }
-    if (options && has_help_option(options)) {
+    if (options && cli_has_help_option(options)) {
         if (strcmp(a.fmt, "qcow2") && strcmp(a.fmt, "raw")) {
             cli_error("Unknown file format '%s'", a.fmt);
             goto out;
         }
-        print_option_help(a.fmt, optind < argc ? argv[optind] : NULL);
+        cli_print_option_help(a.fmt, optind < argc ? argv[optind] : NULL);
         rc = 0;
         goto out;
     }
@@ -656,6 +728,7 @@ int cmd_create(int argc, char **argv)
         goto out;
     }
     a.filename = argv[optind++];
+    a.parse_prefix = a.fail_prefix = a.filename;
     if (optind < argc) {
         size_arg = argv[optind++];
         int64_t v = cli_cvtnum("image size", size_arg);
@@ -669,10 +742,39 @@ int cmd_create(int argc, char **argv)
     }
     rc = create_image(&a, options, base, base_fmt, size_arg, size_value);
 out:
-    if (a.vals)
-        for (size_t i = 0; a.descs[i].name; i++)
-            free(a.vals[i].str);
-    free(a.vals);
+    args_free(&a);
     free(options);
     return rc;
+}
+
+/* ---- -o lists of other subcommands (measure, amend) ---------------------- */
+
+struct create_args *cli_options_parse(const char *fmt, const char *options)
+{
+    struct create_args *a = calloc(1, sizeof *a);
+    if (!a)
+        abort();
+    a->fmt = fmt;
+    if (args_parse(a, options)) {
+        cli_options_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+const char *cli_option_str(struct create_args *a, const char *name)
+{
+    return val_str(a, name);
+}
+
+uint64_t cli_option_num(struct create_args *a, const char *name, uint64_t def)
+{
+    return val_num(a, name, def);
+}
+
+void cli_options_free(struct create_args *a)
+{
+    if (a)
+        args_free(a);
+    free(a);
 }

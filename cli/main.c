@@ -22,6 +22,7 @@ static const struct {
     { "io",      cmd_io,      "run qemu-io style commands on an image" },
     { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
     { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
+    { "measure", cmd_measure, "compute the size of a new image for given data" },
 };
 
 void cli_error(const char *fmt, ...)

@@ -355,6 +355,23 @@ typedef struct qk_create_opts {
  *  message and stays unopened. */
 QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts);
 
+/* ------------------------------------------------------------------ */
+/* Measuring (qemu-img measure) */
+
+typedef struct qk_measure_result {
+    uint64_t required;         /**< file size the new image needs for the source's data */
+    uint64_t fully_allocated;  /**< file size with every cluster allocated */
+    int has_bitmaps;           /**< both the source and the target can hold persistent bitmaps */
+    uint64_t bitmaps;          /**< bytes the source's bitmaps would take (valid with has_bitmaps) */
+} qk_measure_result;
+
+/** Compute, as `qemu-img measure` does, the file sizes of a new image made
+ *  with OPTS (format, compat, cluster_size, refcount_bits, extended_l2,
+ *  preallocation, and whether backing_file is set) that holds the guest data
+ *  of SRC, or of an empty disk of OPTS->size bytes when SRC is NULL. IMG (an
+ *  unopened handle) carries the error message; SRC is only read. */
+QK_API int qk_measure(qk_image *img, qk_image *src, const qk_create_opts *opts, qk_measure_result *res);
+
 #ifdef __cplusplus
 }
 #endif
