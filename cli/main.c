@@ -23,6 +23,7 @@ static const struct {
     { "bitmap",  cmd_bitmap,  "add, remove, change or dump persistent dirty bitmaps" },
     { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
     { "measure", cmd_measure, "compute the size of a new image for given data" },
+    { "bench",   cmd_bench,   "time read or write requests to an image" },
 };
 
 void cli_error(const char *fmt, ...)
