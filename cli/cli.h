@@ -23,6 +23,7 @@ int cmd_bitmap(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 
 /* main.c: print "qcowkit: " + message + "\n" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

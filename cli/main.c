@@ -24,6 +24,7 @@ static const struct {
     { "check",   cmd_check,   "check an image for inconsistencies and repair it" },
     { "measure", cmd_measure, "compute the size of a new image for given data" },
     { "bench",   cmd_bench,   "time read or write requests to an image" },
+    { "amend",   cmd_amend,   "change the format options of an image" },
 };
 
 void cli_error(const char *fmt, ...)
