@@ -35,6 +35,15 @@ CODEC_CFLAGS += -DQK_HAVE_LIBDEFLATE $(shell pkg-config --cflags libdeflate)
 CODEC_LIBS += $(shell pkg-config --libs libdeflate)
 endif
 
+# ISA-L's igzip: fast deflate for compressed writes (zlib otherwise).
+HAVE_ISAL := $(shell pkg-config --exists libisal 2>/dev/null && echo 1)
+ifeq ($(HAVE_ISAL),1)
+CODEC_CFLAGS += -DQK_HAVE_ISAL $(shell pkg-config --cflags libisal)
+CODEC_LIBS += $(shell pkg-config --libs libisal)
+else
+$(info qcowkit: libisal not found; compressed writes deflate with zlib, slower (apt-get install libisal-dev))
+endif
+
 # bats runs files in parallel only with GNU parallel installed.
 BATS_JOBS := $(shell command -v parallel >/dev/null 2>&1 && echo --jobs 2)
 

@@ -622,7 +622,7 @@ static int create_image(struct create_args *a, const char *options, const char *
 }
 
 int cli_convert_create(const char *filename, const char *fmt, const char *options, const char *base,
-                       const char *base_fmt, uint64_t size, int compressed, char **backing)
+                       const char *base_fmt, uint64_t size, int nsrc, int compressed, char **backing)
 {
     char prefix[4096];
     struct create_args a = { filename, fmt, NULL, NULL, 1, 1, NULL, prefix };
@@ -639,8 +639,16 @@ int cli_convert_create(const char *filename, const char *fmt, const char *option
     if (args_set_backing(&a, base, base_fmt))
         goto out;
     const char *bf = val_str(&a, "backing_file"), *prealloc = val_str(&a, "preallocation");
+    if (bf && nsrc > 1) {
+        cli_error("Having a backing file for the target makes no sense when concatenating multiple input images");
+        goto out;
+    }
     if (bf && !val_str(&a, "backing_fmt")) {
         cli_error("Use of backing file requires explicit backing format");
+        goto out;
+    }
+    if (compressed && strcmp(fmt, "qcow2")) {
+        cli_error("Compression not supported for this file format");
         goto out;
     }
     if (compressed && prealloc && strcmp(prealloc, "off")) {

@@ -43,4 +43,8 @@ int cli_open_image(qk_image **out, const char *path, const char *fmt, unsigned f
  * the unit switches when the number reaches 1000). BUF of at least 32 bytes. */
 const char *cli_size_to_str(uint64_t val, char *buf, size_t len);
 
+/* info.c: qemu's snapshot list ("Snapshot list:", the ID/TAG/VM SIZE/DATE/
+ * VM CLOCK/ICOUNT header and one row each); nothing without snapshots. */
+void cli_print_snapshots(const qk_info *in);
+
 #endif

@@ -161,6 +161,16 @@ static void print_snapshot_row(const qk_snapshot_info *s)
            cli_size_to_str(s->vm_state_size, vmsize, sizeof vmsize), date, clock, icount);
 }
 
+void cli_print_snapshots(const qk_info *in)
+{
+    if (!in->nb_snapshots)
+        return;
+    printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (size_t i = 0; i < in->nb_snapshots; i++)
+        print_snapshot_row(&in->snapshots[i]);
+}
+
 static void print_human(const qk_info *in, const char *filename)
 {
     char vsize[32], dsize[32];
@@ -185,12 +195,7 @@ static void print_human(const qk_info *in, const char *filename)
         if (in->backing_format)
             printf("backing file format: %s\n", in->backing_format);
     }
-    if (in->nb_snapshots) {
-        printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
-               "VM CLOCK", "ICOUNT");
-        for (size_t i = 0; i < in->nb_snapshots; i++)
-            print_snapshot_row(&in->snapshots[i]);
-    }
+    cli_print_snapshots(in);
     if (qcow2) {
         json *data = qcow2_data_json(in, 1);
         printf("Format specific information:\n");

@@ -25,6 +25,9 @@ static const struct {
     { "measure", cmd_measure, "compute the size of a new image for given data" },
     { "bench",   cmd_bench,   "time read or write requests to an image" },
     { "amend",   cmd_amend,   "change the format options of an image" },
+    { "commit",  cmd_commit,  "commit an image's changes into its backing file" },
+    { "rebase",  cmd_rebase,  "change the backing file of an image" },
+    { "snapshot", cmd_snapshot, "list, create, apply or delete internal snapshots" },
 };
 
 void cli_error(const char *fmt, ...)

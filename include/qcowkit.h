@@ -159,7 +159,8 @@ QK_API int qk_pwrite_compressed(qk_image *img, const void *buf, uint64_t len, ui
 /** Compress IN with compression TYPE (0 zlib raw deflate with a 4 KiB window,
  *  1 zstd) into OUT, which holds *OUTLEN bytes; *OUTLEN gets the size made.
  *  -ENOSPC if it does not fit. Thread-safe, no handle: for compressing on
- *  worker threads before qk_pwrite_compressed_data(). */
+ *  worker threads before qk_pwrite_compressed_data(). Deflate is ISA-L's
+ *  igzip (level 1) in a build with libisal, zlib otherwise. */
 QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen);
 
 /** Store DATA (LEN bytes made by qk_compress() with the image's compression
@@ -394,6 +395,64 @@ typedef struct qk_amend_opts {
  *  features such as extended L2, and, unlike QEMU, with persistent bitmaps,
  *  zstd compression or internal snapshots). */
 QK_API int qk_amend(qk_image *img, const qk_amend_opts *opts);
+
+/* ------------------------------------------------------------------ */
+/* Backing chains: commit and rebase */
+
+/** Record NAME (NULL or "" = no backing file) and FMT ("qcow2", "raw", ...;
+ *  NULL = no backing-format extension) as IMG's backing file, as
+ *  `qemu-img rebase -u` does. IMG must be opened read-write. The header
+ *  cluster is rewritten in one write and flushed; when the new header does
+ *  not fit in it the call fails with -ENOSPC and nothing changes. The open
+ *  chain is not changed: the new backing file is used from the next open. */
+QK_API int qk_set_backing(qk_image *img, const char *name, const char *fmt);
+
+/** 1 if the range at OFFSET is allocated (data or zero clusters) in IMG or a
+ *  layer below it and above BASE (BASE itself excluded; NULL = the whole
+ *  chain), 0 if not; *pnum gets the length of the run from OFFSET (at most
+ *  LEN bytes) of which the same is true. A layer shorter than OFFSET counts
+ *  as allocating the zeros read past its end. Like QEMU's bdrv_is_allocated_above,
+ *  so qk_is_allocated_above(img, qk_backing(img), ...) asks about IMG alone. */
+QK_API int qk_is_allocated_above(qk_image *img, const qk_image *base, uint64_t offset,
+                                 uint64_t len, uint64_t *pnum);
+
+/** Turn IMG, opened read-only (typically a backing layer of a chain, as
+ *  returned by qk_backing()), into a read-write handle in place: the file is
+ *  opened again for writing, the locks become a writer's (failing with
+ *  QK_E_LOCKED when another process uses the file), and writes through IMG
+ *  track its enabled bitmaps. Images above IMG in the chain keep reading
+ *  through it. Refused for an external data file. */
+QK_API int qk_reopen_rw(qk_image *img);
+
+/** Drop all guest data of IMG (read-write qcow2), as qemu-img commit empties
+ *  the top image (QEMU's qcow2_make_empty): a v3 image without snapshots,
+ *  bitmaps, encryption or external data file is rebuilt with an empty L1
+ *  table and the file cut short; any other image has every cluster
+ *  discarded (unallocated, even over a backing file). Bitmaps are kept and
+ *  not marked dirty. */
+QK_API int qk_make_empty(qk_image *img);
+
+/* ------------------------------------------------------------------ */
+/* Internal snapshots (qcow2, handles opened with QK_OPEN_RDWR) */
+
+/** Create a snapshot of the current state named NAME (names need not be
+ *  unique, as in QEMU; the id is one more than the largest numeric id).
+ *  Returns 0, -ENOTSUP for an image with an external data file, -EFBIG when
+ *  the table is full, or another negative code. */
+QK_API int qk_snapshot_create(qk_image *img, const char *name);
+
+/** Revert the image to the snapshot whose id, else whose name, is
+ *  ID_OR_NAME (QEMU's qcow2_snapshot_goto): the virtual size follows the
+ *  snapshot's. Every enabled persistent bitmap gets the bits of every
+ *  range whose mapping differs between the current state and the snapshot
+ *  (QEMU refuses to apply while bitmaps exist); disabled bitmaps are left
+ *  as they are. Returns 0, -ENOENT when there is no such snapshot,
+ *  -ENOTSUP with an external data file, or another negative code. */
+QK_API int qk_snapshot_apply(qk_image *img, const char *id_or_name);
+
+/** Delete the snapshot whose id, else whose name, is ID_OR_NAME, and free
+ *  the clusters only it used. Returns 0, -ENOENT, or another negative code. */
+QK_API int qk_snapshot_delete(qk_image *img, const char *id_or_name);
 
 #ifdef __cplusplus
 }

@@ -325,29 +325,6 @@ int ck_unshare_overflows(struct ck *c)
     return r;
 }
 
-static size_t snapshot_entry(const struct qk_snapshot *sn, uint8_t *p)
-{
-    size_t id = strlen(sn->id), name = strlen(sn->name);
-    size_t len = SNAP_FIXED_SIZE + sn->extra_size + id + name;
-    if (!p)
-        return (len + 7) & ~(size_t)7;
-    memset(p, 0, (len + 7) & ~(size_t)7);
-    be64_store(p, sn->l1_offset);
-    be32_store(p + 8, sn->l1_size);
-    be16_store(p + 12, (uint16_t)id);
-    be16_store(p + 14, (uint16_t)name);
-    be32_store(p + 16, sn->date_sec);
-    be32_store(p + 20, sn->date_nsec);
-    be64_store(p + 24, sn->vm_clock_nsec);
-    be32_store(p + 32, sn->vm_state_size > UINT32_MAX ? 0 : (uint32_t)sn->vm_state_size);
-    be32_store(p + 36, sn->extra_size);
-    if (sn->extra_size)
-        memcpy(p + SNAP_FIXED_SIZE, sn->extra, sn->extra_size);
-    memcpy(p + SNAP_FIXED_SIZE + sn->extra_size, sn->id, id);
-    memcpy(p + SNAP_FIXED_SIZE + sn->extra_size + id, sn->name, name);
-    return (len + 7) & ~(size_t)7;
-}
-
 /* Snapshots whose L1 table QEMU can never use (unaligned, too large, past
  * the end of the file) are dropped from the snapshot table, which is
  * rewritten in place (it only shrinks) before the header count changes. Their
@@ -359,7 +336,7 @@ int ck_drop_broken_snapshots(struct ck *c)
     size_t bytes = 0;
     for (uint32_t i = 0; i < img->nb_snapshots; i++)
         if (!snapshot_broken(c, &img->snapshots[i]))
-            bytes += snapshot_entry(&img->snapshots[i], NULL);
+            bytes += snapshot_entry_put(&img->snapshots[i], NULL);
     uint8_t *t = malloc(bytes ? bytes : 1);
     if (!t)
         return -ENOMEM;
@@ -375,7 +352,7 @@ int ck_drop_broken_snapshots(struct ck *c)
             free(sn->extra);
             continue;
         }
-        pos += snapshot_entry(sn, t + pos);
+        pos += snapshot_entry_put(sn, t + pos);
         img->snapshots[kept++] = *sn;
     }
     if (kept == img->nb_snapshots) {
@@ -491,14 +468,14 @@ int ck_fix_snapshot_extra(struct ck *c)
             sn->disk_size = img->size;
             sn->has_disk_size = 1;
         }
-        bytes += snapshot_entry(sn, NULL);
+        bytes += snapshot_entry_put(sn, NULL);
     }
     uint8_t *t = calloc(1, bytes ? bytes : 1);
     if (!t)
         return -ENOMEM;
     size_t pos = 0;
     for (uint32_t i = 0; i < img->nb_snapshots; i++)
-        pos += snapshot_entry(&img->snapshots[i], t + pos);
+        pos += snapshot_entry_put(&img->snapshots[i], t + pos);
     uint64_t off, old = img->hdr.snapshots_offset, old_size = img->snapshots_size;
     ck_memo_reset(c);
     if ((r = refcount_alloc(img, div_round_up(bytes, c->cs), &off)) == 0 && (r = ck_flush(img)) == 0 &&

@@ -11,6 +11,12 @@
  * stream that fills the cluster without a final block, which QEMU accepts.
  * Decoder state lives in a struct qk_decoder per image, made on first use.
  *
+ * Encoding (qk_compress) is stateless, so worker threads may call it at once.
+ * Deflate uses ISA-L's igzip when the build has it (level 1, several times
+ * faster than zlib's default level, for output a little larger), else zlib;
+ * both keep every match distance within 4 KiB (hist_bits 12, windowBits -12),
+ * because QEMU inflates with a 4 KiB window.
+ *
  * Invariants:
  *  1. The decoder reads only the SLEN input bytes it is given and writes
  *     only the DLEN output bytes: never past one cluster.
@@ -19,6 +25,7 @@
  *     QEMU does; for zstd several frames may fill one cluster.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
 #include <zlib.h>
@@ -28,6 +35,9 @@
 #endif
 #ifdef QK_HAVE_LIBDEFLATE
 #include <libdeflate.h>
+#endif
+#ifdef QK_HAVE_ISAL
+#include <isa-l/igzip_lib.h>
 #endif
 
 #include "internal.h"
@@ -128,9 +138,29 @@ done:
 #endif
 
 /* Deflate IN into OUT with a 4 KiB window (QEMU inflates with one), as
- * QEMU's qcow2_zlib_compress does. */
+ * QEMU's qcow2_zlib_compress does. -ENOSPC: it does not fit in *OUTLEN. */
 static int deflate_raw(const uint8_t *in, size_t inlen, uint8_t *out, size_t *outlen)
 {
+#ifdef QK_HAVE_ISAL
+    struct isal_zstream z;
+    isal_deflate_stateless_init(&z);
+    z.next_in = (uint8_t *)in;
+    z.avail_in = (uint32_t)inlen;
+    z.next_out = out;
+    z.avail_out = (uint32_t)*outlen;
+    z.level = 1;
+    z.hist_bits = 12;
+    z.end_of_stream = 1;
+    z.flush = NO_FLUSH;
+    z.gzip_flag = IGZIP_DEFLATE;
+    int r = isal_deflate_stateless(&z);
+    if (r == STATELESS_OVERFLOW)
+        return -ENOSPC;
+    if (r != COMP_OK)
+        return -EINVAL;
+    *outlen = z.total_out;
+    return 0;
+#else
     z_stream z;
     memset(&z, 0, sizeof z);
     if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
@@ -146,7 +176,38 @@ static int deflate_raw(const uint8_t *in, size_t inlen, uint8_t *out, size_t *ou
         return -ENOSPC;
     *outlen = made;
     return 0;
+#endif
 }
+
+#ifdef QK_HAVE_ZSTD
+/* One zstd compression context per thread, kept between calls (making one
+ * costs about as much as compressing a 64 KiB cluster); freed when the
+ * thread exits. */
+static pthread_key_t cctx_key;
+static pthread_once_t cctx_once = PTHREAD_ONCE_INIT;
+
+static void cctx_free(void *p)
+{
+    ZSTD_freeCCtx(p);
+}
+
+static void cctx_key_init(void)
+{
+    if (pthread_key_create(&cctx_key, cctx_free) != 0)
+        abort();
+}
+
+static ZSTD_CCtx *thread_cctx(void)
+{
+    pthread_once(&cctx_once, cctx_key_init);
+    ZSTD_CCtx *c = pthread_getspecific(cctx_key);
+    if (!c && (c = ZSTD_createCCtx()) && pthread_setspecific(cctx_key, c) != 0) {
+        ZSTD_freeCCtx(c);
+        c = NULL;
+    }
+    return c;
+}
+#endif
 
 QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t *outlen)
 {
@@ -155,7 +216,10 @@ QK_API int qk_compress(int type, const void *in, size_t inlen, void *out, size_t
         return deflate_raw(in, inlen, out, outlen);
 #ifdef QK_HAVE_ZSTD
     case 1: {
-        size_t r = ZSTD_compress(out, *outlen, in, inlen, ZSTD_CLEVEL_DEFAULT);
+        ZSTD_CCtx *cctx = thread_cctx();
+        if (!cctx)
+            return -ENOMEM;
+        size_t r = ZSTD_compressCCtx(cctx, out, *outlen, in, inlen, ZSTD_CLEVEL_DEFAULT);
         if (ZSTD_isError(r))
             return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EINVAL;
         *outlen = r;

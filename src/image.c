@@ -370,3 +370,57 @@ fail:
     image_release(img);
     return r;
 }
+
+/* Put a fresh descriptor for the image file under IMG in MODE, with the
+ * locks of the open mode in img->flags. The old descriptor (and its locks)
+ * goes first: OFD locks of two descriptors conflict even in one process. */
+static int reopen_io(qk_image *img, int mode)
+{
+    qk_io *io;
+    int r = io_posix_open(&io, img->filename, mode, 0);
+    if (r < 0)
+        return qk_set_error(img, r, "Could not open '%s': %s", img->filename, qk_strerror(r));
+    io_close(img->io);
+    img->io = img->data_io = io;
+    cache_free(img->l2_cache);
+    img->l2_cache = NULL;
+    refcount_close(img);
+    if (img->fmt == QK_FMT_QCOW2) {
+        size_t cache_bytes = img->depth ? L2_CACHE_BYTES_BACKING : L2_CACHE_BYTES_TOP;
+        size_t nb_tables = cache_bytes / img->cluster_size;
+        if ((r = cache_new(&img->l2_cache, img->io, img->cluster_size, nb_tables < 4 ? 4 : nb_tables)) < 0)
+            return qk_set_error(img, r, "Out of memory for the L2 cache");
+    }
+    return lock_image(img);
+}
+
+QK_API int qk_reopen_rw(qk_image *img)
+{
+    if (!img->is_open)
+        return qk_set_error(img, QK_E_INVALID, "The image is not open");
+    if (img->writable)
+        return 0;
+    if (img->data_io != img->io)
+        return qk_set_error(img, QK_E_UNSUPPORTED, "Cannot reopen an image with an external data file read-write");
+    if (img->hdr.incompat & INCOMPAT_CORRUPT)
+        return QK_CORRUPT(img, "qcow2: Image is corrupt; cannot be opened read/write");
+    unsigned old_flags = img->flags;
+    int nosync = (img->flags & QK_OPEN_UNSAFE) ? QK_IO_NOSYNC : 0;
+    img->flags |= QK_OPEN_RDWR;
+    img->writable = 1;
+    int r = reopen_io(img, QK_IO_WRITE | nosync);
+    if (r < 0) {
+        /* Back to a reader; what failed is in the message already. */
+        char msg[sizeof img->errmsg];
+        memcpy(msg, img->errmsg, sizeof msg);
+        img->flags = old_flags;
+        img->writable = 0;
+        if (reopen_io(img, nosync) < 0)
+            img->is_open = 0;
+        memcpy(img->errmsg, msg, sizeof msg);
+        return r;
+    }
+    if ((r = img->io->ops->get_size(img->io, &img->file_size)) < 0)
+        return qk_set_error(img, r, "Could not get the size of '%s': %s", img->filename, qk_strerror(r));
+    return img->fmt == QK_FMT_QCOW2 ? prepare_writable(img) : 0;
+}

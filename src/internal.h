@@ -226,6 +226,18 @@ struct qk_snapshot {
 int snapshot_load(qk_image *img);
 void snapshot_free_all(qk_image *img);
 
+/* ---- snapshot-rw.c ------------------------------------------------------ */
+
+/* Serialize SN as a table entry into P (padded to 8 bytes); P NULL: only
+ * return the padded length. */
+size_t snapshot_entry_put(const struct qk_snapshot *sn, uint8_t *p);
+
+/* ---- resize.c ----------------------------------------------------------- */
+
+/* Grow the active L1 table to NEW_SIZE entries (new table written and
+ * flushed, header switched, old table freed). */
+int resize_grow_l1(qk_image *img, uint32_t new_size);
+
 /* ---- bitmap.c ---------------------------------------------------------- */
 
 struct qk_bitmap {
@@ -342,6 +354,16 @@ int image_mark_dirty(qk_image *img);
 /* Flush everything, then clear the dirty bit that image_mark_dirty() set
  * (QEMU's qcow2_mark_clean; a dirty bit found at open was repaired then). */
 int image_mark_clean(qk_image *img);
+
+/* ---- read.c ------------------------------------------------------------- */
+
+/* The status of one layer at [off, off+len) (len > 0, inside the layer), as
+ * its driver reports it, without walking the chain: QK_BS_PRESENT when this
+ * layer allocates the range. */
+int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e);
+/* Check a block-status request: the handle is open, OFFSET inside the disk,
+ * *LEN > 0 (then cut at the disk's end). */
+int status_range(qk_image *img, uint64_t offset, uint64_t *len);
 
 struct qk_image {
     char errmsg[4096];     /* fits a 1023-byte bitmap name twice plus the text */

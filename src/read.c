@@ -109,7 +109,7 @@ QK_API int qk_pread(qk_image *img, void *buf, uint64_t len, uint64_t offset)
 
 /* The status of one layer, as its driver plus QEMU's generic block layer
  * report it (before the chain walk). */
-static int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e)
+int layer_status(qk_image *img, uint64_t off, uint64_t len, qk_extent *e)
 {
     int r;
     e->flags = 0;
@@ -199,15 +199,22 @@ static int same_run(const qk_extent *a, const qk_extent *b)
            (a->file == b->file || (a->file && b->file && !strcmp(a->file, b->file)));
 }
 
-QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext)
+int status_range(qk_image *img, uint64_t offset, uint64_t *len)
 {
     if (!img->is_open)
         return qk_set_error(img, QK_E_INVALID, "The image is not open");
-    if (offset >= img->size || len == 0)
+    if (offset >= img->size || *len == 0)
         return qk_set_error(img, -EINVAL, "Block status at offset %llu is past the end of the image",
                             (unsigned long long)offset);
-    len = min_u64(len, img->size - offset);
-    int r = chain_status(img, offset, len, ext);
+    *len = min_u64(*len, img->size - offset);
+    return 0;
+}
+
+QK_API int qk_block_status(qk_image *img, uint64_t offset, uint64_t len, qk_extent *ext)
+{
+    int r = status_range(img, offset, &len);
+    if (r == 0)
+        r = chain_status(img, offset, len, ext);
     /* Layers answer per L2 table or cluster type; join what reads the same. */
     while (r == 0 && ext->length < len) {
         qk_extent next;

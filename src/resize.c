@@ -19,7 +19,7 @@
 #include "endian.h"
 #include "internal.h"
 
-static int grow_l1(qk_image *img, uint32_t new_size)
+int resize_grow_l1(qk_image *img, uint32_t new_size)
 {
     uint64_t bytes = (uint64_t)new_size * 8, off;
     uint64_t clusters = div_round_up(bytes, img->cluster_size);
@@ -112,6 +112,9 @@ QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags)
         img->size = img->file_size = size;
         return 0;
     }
+    /* v2 snapshots need not record their size: QEMU refuses (qcow2_co_truncate). */
+    if (img->hdr.version < 3 && img->nb_snapshots)
+        return qk_set_error(img, -ENOTSUP, "Can't resize a v2 image which has snapshots");
     if (size != img->size && (r = bitmap_resize_all(img, size)) < 0)
         return r;
     uint64_t per_l2 = (uint64_t)img->l2_entries * img->cluster_size;
@@ -119,7 +122,7 @@ QK_API int qk_resize(qk_image *img, uint64_t size, unsigned flags)
     if (l1_needed > MAX_L1_BYTES / 8)
         return qk_set_error(img, QK_E_TOO_LARGE,
                             "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
-    if (size > img->size && l1_needed > img->l1_size && (r = grow_l1(img, (uint32_t)l1_needed)) < 0)
+    if (size > img->size && l1_needed > img->l1_size && (r = resize_grow_l1(img, (uint32_t)l1_needed)) < 0)
         return r;
     if (size < img->size) {
         uint64_t cs = img->cluster_size;

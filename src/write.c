@@ -287,8 +287,6 @@ static int zero_units(qk_image *img, uint64_t cstart, uint32_t u0, uint32_t u1, 
     uint64_t old = slot.entry, bm = slot.bitmap;
     uint32_t units = img->extl2 ? EXTL2_SUBCLUSTERS : 1;
     int whole = u0 == 0 && u1 == units - 1;
-    if (!slot.l2_offset && !img->backing)
-        return 0;                      /* already reads as zeros */
     int owned = entry_allocated(img, old) && (old & OFLAG_COPIED);
     if (!whole && ((old & OFLAG_COMPRESSED) || (entry_allocated(img, old) && !owned))) {
         /* Part of a compressed or shared cluster: write zeros as data. */
@@ -332,6 +330,11 @@ QK_API int qk_pwrite_zeroes(qk_image *img, uint64_t len, uint64_t offset, unsign
         return r;
     if (img->fmt == QK_FMT_RAW || img->hdr.version < 3 || has_data_file(img)) {
         if (img->fmt == QK_FMT_RAW) {
+            /* With unmap QEMU's file driver punches a hole (inside the file). */
+            uint64_t fsize;
+            if ((flags & QK_ZERO_MAY_UNMAP) && img->io->ops->get_size(img->io, &fsize) == 0 &&
+                offset + len <= fsize && img->io->ops->punch_hole(img->io, offset, len) == 0)
+                return 0;
             uint8_t *z = calloc(1, (size_t)min_u64(len, 1u << 20));
             if (!z)
                 return qk_set_error(img, -ENOMEM, "Out of memory");

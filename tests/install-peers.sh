@@ -2,7 +2,7 @@
 # tests/install-peers.sh - make sure the programs and libraries the tests need are here.
 #
 # Needed: qemu-img/qemu-io/qemu-nbd (qemu-utils), nbdinfo (libnbd-bin), bats, GNU parallel (bats
-# --jobs), jq, zstd, pkg-config, and the cmocka and libzstd headers.
+# --jobs), jq, zstd, pkg-config, and the cmocka, libzstd and ISA-L (fast deflate) headers.
 # - Everything present: prints nothing, exits 0 (safe to run on every `make check`).
 # - Something missing and we are root: apt-get update && apt-get install -y the packages.
 # - Otherwise: says what is missing and exits 0 so the suites can skip (exit 77 / bats skip);
@@ -16,6 +16,7 @@ declare -A pkg_of=(
 )
 declare -A hdr_of=(
     [/usr/include/cmocka.h]=libcmocka-dev [/usr/include/zstd.h]=libzstd-dev
+    [/usr/include/isa-l/igzip_lib.h]=libisal-dev
 )
 
 missing_pkgs() {

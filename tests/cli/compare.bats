@@ -11,9 +11,6 @@ setup() {
     oracle_setup
 }
 
-mk() { qemu-img create -q -f qcow2 "$@"; }
-wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null; done; }
-
 @test "compare: identical images" {
     mk a.qcow2 1M; mk b.qcow2 1M
     wr a.qcow2 'write -P 7 64k 64k'; wr b.qcow2 'write -P 7 64k 64k'

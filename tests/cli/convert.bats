@@ -12,9 +12,6 @@ setup() {
     oracle_setup
 }
 
-mk() { qemu-img create -q -f qcow2 "$@"; }
-wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null; done; }
-
 @test "convert: half-allocated image" {
     mk a.qcow2 16M
     for i in 0 2 4 6 8 10 12 14; do wr a.qcow2 "write -P $((i + 1)) ${i}M 1M"; done

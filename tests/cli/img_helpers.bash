@@ -1,25 +1,11 @@
 # img_helpers.bash - shared setup for the info/map/create CLI tests, which
 # compare qcowkit with qemu-img (the oracle) on images made at run time.
 #
-#   QCOWKIT       the CLI under test (make check sets it)
-#   require_peer  skip when a peer tool is missing, but fail under CI=true
+#   QCOWKIT, require_peer, json_eq ... come from helpers.bash (sourced here)
 #   same_json     two JSON texts are equal once parsed (jq -S)
 #   both_create   run `create ARGS` with qemu-img and qcowkit in twin folders
 
-QCOWKIT=${QCOWKIT:-$BATS_TEST_DIRNAME/../../build/qcowkit}
-
-require_peer() {
-    local tool
-    for tool in "$@"; do
-        if ! command -v "$tool" >/dev/null 2>&1; then
-            if [ "${CI:-}" = true ]; then
-                echo "required peer '$tool' is missing (CI=true)" >&2
-                return 1
-            fi
-            skip "$tool is not installed"
-        fi
-    done
-}
+source "$BATS_TEST_DIRNAME/../cli/helpers.bash"
 
 img_setup() {
     require_peer qemu-img qemu-io jq

@@ -3,8 +3,13 @@
 # stdout and stderr apart (qemu-io puts messages on both). Owned by the
 # convert/compare/io tests; load with `load oracle`. QCOWKIT and
 # require_peer come from img_helpers.bash.
+#   mk ARGS...          qemu-img create -q -f qcow2 ARGS
+#   wr IMG CMD...       run each qemu-io command on IMG in turn
 
 source "$BATS_TEST_DIRNAME/img_helpers.bash"
+
+mk() { qemu-img create -q -f qcow2 "$@"; }
+wr() { local img=$1; shift; for c in "$@"; do qemu-io -c "$c" "$img" >/dev/null; done; }
 
 oracle_setup() {
     require_peer qemu-img qemu-io jq

@@ -3,6 +3,9 @@
 #   corpus_ensure          build the corpus once per bats run (in $BATS_RUN_TMPDIR/corpus, under
 #                          flock so that `bats --jobs N` builds it exactly once) and print its dir.
 #   corpus_build DIR       build the corpus into DIR (DIR must not exist); used by corpus_ensure.
+#   corpus_setup_file      a bats setup_file for suites that read the corpus: needs the peers and
+#                          the CLI, builds the corpus and exports CORPUS.
+#   corpus_setup           the matching bats setup: needs the peers and a built corpus.
 #   corpus_images DIR [TAG]  print the image paths (relative to DIR) of the manifest, optionally
 #                          only those carrying TAG.
 #
@@ -247,6 +250,18 @@ corpus_ensure() {
         fi
     ) 9>"$base/corpus.lock" || return 1
     echo "$dir"
+}
+
+corpus_setup_file() {
+    require_peer qemu-img qemu-io jq flock || return 0
+    qk_bin_ok
+    CORPUS="$(corpus_ensure)"
+    export CORPUS
+}
+
+corpus_setup() {
+    require_peer qemu-img qemu-io jq flock
+    [[ -n "${CORPUS:-}" && -f "$CORPUS/MANIFEST" ]] || { echo "no corpus" >&2; return 1; }
 }
 
 corpus_images() { # DIR [TAG]

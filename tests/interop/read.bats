@@ -13,17 +13,8 @@ bats_require_minimum_version 1.5.0
 load ../cli/helpers
 source "$BATS_TEST_DIRNAME/corpus.bash"
 
-setup_file() {
-    require_peer qemu-img qemu-io jq flock || return 0
-    qk_bin_ok
-    CORPUS="$(corpus_ensure)"
-    export CORPUS
-}
-
-setup() {
-    require_peer qemu-img qemu-io jq flock
-    [[ -n "${CORPUS:-}" && -f "$CORPUS/MANIFEST" ]] || { echo "no corpus" >&2; return 1; }
-}
+setup_file() { corpus_setup_file; }
+setup() { corpus_setup; }
 
 MIN_IMAGES=30
 
