@@ -34,9 +34,9 @@ make_sources() {
     qemu-io -f raw -c 'write -P 1 400k 40k' -c 'write -P 2 5M 1k' raw.img >/dev/null
 }
 
-# One `pair ARGS` line per source and target: both tools' stdout+stderr and
-# exit code, program names made the same; prints what differs.
-measure_script() {
+# `pair ARGS`: both tools' stdout+stderr and exit code, program names made
+# the same; prints what differs.
+pair_prelude() {
     cat <<'EOF'
 n=0; fail=0
 pair() {
@@ -47,6 +47,11 @@ pair() {
     [ "$a" = "$b" ] || { fail=$((fail + 1)); echo "FAIL measure $*"; diff <(echo "$a") <(echo "$b") | head -6; }
 }
 EOF
+}
+
+# One `pair ARGS` line per source and target.
+measure_script() {
+    pair_prelude
     awk 'BEGIN {
         ns = split("empty.qcow2|part.qcow2|bitmaps.qcow2|inuse.qcow2|compressed.qcow2|v2.qcow2|top.qcow2|-f raw raw.img|--size 1G|--size 1000|-U bitmaps.qcow2|-f raw part.qcow2", src, "|")
         nt = split("-O raw|-O qcow2|-O qcow2 -o cluster_size=512|-O qcow2 -o cluster_size=2M,refcount_bits=1|-O qcow2 -o refcount_bits=64,cluster_size=4k|-O qcow2 -o extended_l2=on|-O qcow2 -o extended_l2=on,cluster_size=16k|-O qcow2 -o preallocation=metadata|-O qcow2 -o preallocation=falloc|-O qcow2 -o preallocation=full|-O qcow2 -o compat=0.10|-O qcow2 -o compat=1.1,lazy_refcounts=on|-O qcow2 -o backing_file=x", tgt, "|")
@@ -79,15 +84,7 @@ EOF
 
 @test "measure: argument errors as qemu-img (messages and exit codes)" {
     qemu-img create -q -f qcow2 img.qcow2 1M
-    cat >errors.sh <<'EOF'
-n=0; fail=0
-pair() {
-    n=$((n + 1))
-    a=$(qemu-img measure "$@" 2>&1; echo "rc=$?")
-    b=$("$QCOWKIT" measure "$@" 2>&1 | sed -e 's/^qcowkit: /qemu-img: /' -e "s/'qcowkit --help'/'qemu-img --help'/"
-        echo "rc=${PIPESTATUS[0]}")
-    [ "$a" = "$b" ] || { fail=$((fail + 1)); echo "FAIL measure $*"; diff <(echo "$a") <(echo "$b") | head -6; }
-}
+    { pair_prelude; cat <<'EOF'
 pair
 pair a b
 pair -f qcow2 --size 1G
@@ -115,6 +112,7 @@ pair --size 1G -O raw -o cluster_size=1
 pair --size 1G -O qcow2 -o size=2G
 echo "measured=$n failed=$fail"
 EOF
+    } >errors.sh
     run bash errors.sh
     echo "$output"
     [ "${lines[-1]}" = "measured=25 failed=0" ]
