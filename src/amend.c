@@ -91,8 +91,11 @@ static int change_refcount_order(qk_image *img, unsigned order)
     uint8_t *blocks = NULL, *table = NULL;
     int r;
 
-    if ((r = qk_flush(img)) < 0)
+    uint64_t fsz;
+    if ((r = qk_flush(img)) < 0 || (r = img->io->ops->get_size(img->io, &fsz)) < 0)
         return r;
+    if ((fsz + cs - 1) / cs > n)
+        n = (fsz + cs - 1) / cs;   /* the new structures go past everything */
     new_structure_size(n, cs, (unsigned)bits, &nb, &nt);
     if (nb > SIZE_MAX / cs || nt > UINT32_MAX)
         return qk_set_error(img, QK_E_TOO_LARGE, "The new refcount structures are too large");
