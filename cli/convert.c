@@ -142,12 +142,13 @@ static void fail(conv *c, const char *what, uint64_t off, const char *why)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* A library call on IMG failed with RC while WHAT at OFF. */
+/* A library call on IMG failed with RC while WHAT at OFF (QEMU's block layer says ENOTSUP where
+ * the library says QK_E_UNSUPPORTED, e.g. compressed writes with an external data file). */
 static void fail_img(conv *c, qk_image *img, const char *what, uint64_t off, int rc)
 {
     pthread_mutex_lock(&c->lock);
     if (!c->failed) {
-        fail_locked(c, what, off, cli_io_strerror(rc));
+        fail_locked(c, what, off, rc == QK_E_UNSUPPORTED ? strerror(ENOTSUP) : cli_io_strerror(rc));
         cli_io_detail(img, rc);
     }
     pthread_mutex_unlock(&c->lock);
@@ -630,10 +631,12 @@ static int open_quiet(qk_image **out, conv *c, const conv_src *s)
     return -1;
 }
 
+/* 4 workers, or one per CPU up to 8: besides the CPUs, the workers keep reads going while one
+ * of them writes in its turn (2 workers on 2 CPUs convoy behind each other's writes). */
 static int default_threads(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 4 ? 4 : (int)n;
+    return n <= 4 ? 4 : n > 8 ? 8 : (int)n;
 }
 
 /* A chunk grows by less than a DST cluster at each end when aligned, and -c pads the disk's
@@ -819,7 +822,7 @@ static void convert_usage(FILE *f)
                "           (default unsafe: no flush)\n"
                "  -T CACHE cache mode of the sources (checked; reads use the page cache)\n"
                "  -r RATE  write at most RATE bytes per second (suffixes k, M, G, ...)\n"
-               "  -m N     copy with at most N threads (1-16; default: CPUs, at most 4)\n"
+               "  -m N     copy with at most N threads (1-16; default: 4, or the CPUs up to 8)\n"
                "  -W       write a qcow2 DST out of order (raw DSTs always are)\n"
                "  -p       show progress\n"
                "  -q       quiet\n"

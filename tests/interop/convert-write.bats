@@ -122,6 +122,10 @@ both_fail() {
     both_fail convert -O qcow2 -o cluster_size=3 a.qcow2 o.qcow2
     both_fail convert -O qcow2 -F qcow2 a.qcow2 o.qcow2
     [[ ! -e o.qcow2 ]]
+    # refused at the first write, with QEMU's words (and the library's detail on a second line)
+    run "$QCOWKIT" convert -c -O qcow2 -o data_file=o.data a.qcow2 o.qcow2
+    [[ $status == 1 && ${lines[0]} == "qcowkit: error while writing at byte 0: Operation not supported" ]]
+    rm -f o.qcow2 o.data
     # created, then refused at open
     both_fail convert -O qcow2 -t bogus a.qcow2 o.qcow2
     both_fail convert -O qcow2 -B nope.qcow2 -F qcow2 a.qcow2 o.qcow2
