@@ -24,6 +24,9 @@ int cmd_check(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 
 /* main.c: print "qcowkit: " + message + "\n" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -45,5 +48,17 @@ void cli_print_option_help(const char *fmt, const char *filename);
  * or -1 after printing the error. */
 int cli_convert_create(const char *filename, const char *fmt, const char *options, const char *base,
                        const char *base_fmt, uint64_t size, int nsrc, int compressed, char **backing);
+
+/* create.c: the creation options of a format, parsed from a joined -o list
+ * as qemu-img measure and amend parse them (errors printed without a file
+ * name). cli_options_parse() returns NULL after printing the error (an
+ * unknown format or option, a bad typed value). cli_option_str() is the
+ * value as typed (NULL if not given); cli_option_num() the parsed value of a
+ * bool/number/size option, DEF if not given. */
+struct create_args;
+struct create_args *cli_options_parse(const char *fmt, const char *options);
+const char *cli_option_str(struct create_args *a, const char *name);
+uint64_t cli_option_num(struct create_args *a, const char *name, uint64_t def);
+void cli_options_free(struct create_args *a);
 
 #endif

@@ -754,3 +754,35 @@ out:
     free(options);
     return rc;
 }
+
+/* ---- -o lists of other subcommands (measure, amend) ---------------------- */
+
+struct create_args *cli_options_parse(const char *fmt, const char *options)
+{
+    struct create_args *a = calloc(1, sizeof *a);
+    if (!a)
+        abort();
+    a->fmt = fmt;
+    if (args_parse(a, options)) {
+        cli_options_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+const char *cli_option_str(struct create_args *a, const char *name)
+{
+    return val_str(a, name);
+}
+
+uint64_t cli_option_num(struct create_args *a, const char *name, uint64_t def)
+{
+    return val_num(a, name, def);
+}
+
+void cli_options_free(struct create_args *a)
+{
+    if (a)
+        args_free(a);
+    free(a);
+}

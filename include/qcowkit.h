@@ -357,6 +357,46 @@ typedef struct qk_create_opts {
 QK_API int qk_create(qk_image *img, const char *path, const qk_create_opts *opts);
 
 /* ------------------------------------------------------------------ */
+/* Measuring (qemu-img measure) */
+
+typedef struct qk_measure_result {
+    uint64_t required;         /**< file size the new image needs for the source's data */
+    uint64_t fully_allocated;  /**< file size with every cluster allocated */
+    int has_bitmaps;           /**< both the source and the target can hold persistent bitmaps */
+    uint64_t bitmaps;          /**< bytes the source's bitmaps would take (valid with has_bitmaps) */
+} qk_measure_result;
+
+/** Compute, as `qemu-img measure` does, the file sizes of a new image made
+ *  with OPTS (format, compat, cluster_size, refcount_bits, extended_l2,
+ *  preallocation, and whether backing_file is set) that holds the guest data
+ *  of SRC, or of an empty disk of OPTS->size bytes when SRC is NULL. IMG (an
+ *  unopened handle) carries the error message; SRC is only read. */
+QK_API int qk_measure(qk_image *img, qk_image *src, const qk_create_opts *opts, qk_measure_result *res);
+
+/* ------------------------------------------------------------------ */
+/* Amending (qemu-img amend) */
+
+typedef struct qk_amend_opts {
+    unsigned struct_version;   /**< set by QK_AMEND_OPTS_INIT */
+    int compat;                /**< 0 keep, 2 (0.10) or 3 (1.1) */
+    int lazy_refcounts;        /**< -1 keep, 0 off, 1 on */
+    int refcount_bits;         /**< 0 keep, else 1, 2, 4, ..., 64 */
+    uint64_t size;             /**< 0 keep, else the new virtual size (may shrink) */
+} qk_amend_opts;
+
+#define QK_AMEND_OPTS_VERSION 1
+#define QK_AMEND_OPTS_INIT { QK_AMEND_OPTS_VERSION, 0, -1, 0, 0 }
+
+/** Change IMG's (qcow2, opened read-write) options in place as `qemu-img
+ *  amend` does, in QEMU's order: upgrade to v3, refcount width (new table and
+ *  blocks written, then one header switch), lazy_refcounts (off makes the
+ *  image clean first), size, downgrade to v2 (zero clusters expanded; refused
+ *  with refcount_bits other than 16, an external data file, incompatible
+ *  features such as extended L2, and, unlike QEMU, with persistent bitmaps,
+ *  zstd compression or internal snapshots). */
+QK_API int qk_amend(qk_image *img, const qk_amend_opts *opts);
+
+/* ------------------------------------------------------------------ */
 /* Backing chains: commit and rebase */
 
 /** Record NAME (NULL or "" = no backing file) and FMT ("qcow2", "raw", ...;

@@ -149,14 +149,18 @@ static int cr_write(struct cr_file *f, uint64_t off, const void *p, uint64_t len
 }
 
 /* Write every segment to IO, then set the file length. */
-static int cr_flush(struct cr_file *f, qk_io *io)
+/* Write the segments that start in [LO, HI); the final length is set when
+ * HI is UINT64_MAX (the last call). */
+static int cr_flush(struct cr_file *f, qk_io *io, uint64_t lo, uint64_t hi)
 {
-    for (size_t i = 0; i < f->n; i++) {
+    for (size_t i = cr_find(f, lo); i < f->n && f->seg[i].off < hi; i++) {
+        if (f->seg[i].off < lo)
+            continue;
         int r = io_pwrite(io, f->seg[i].data, (size_t)f->seg[i].len, f->seg[i].off);
         if (r)
             return r;
     }
-    return f->length > f->end ? io->ops->truncate(io, f->length) : 0;
+    return hi == UINT64_MAX && f->length > f->end ? io->ops->truncate(io, f->length) : 0;
 }
 
 static void cr_file_free(struct cr_file *f)
@@ -912,9 +916,15 @@ static int write_qcow2(qk_image *img, qk_io *io, struct cr_layout *L,
     if (r)
         return qk_set_error(img, r, "Could not update qcow2 header: %s",
                             "header extensions do not fit in the first cluster");
-    r = cr_flush(&L->file, io);
-    if (!r && L->fill_len)
+    /* QEMU's order: what precedes the data area, the data area, then the
+     * refcount structures after it (the file system lays out the blocks,
+     * and so the allocated size, the same way). */
+    r = cr_flush(&L->file, io, 0, L->fill_len ? L->fill_off : UINT64_MAX);
+    if (!r && L->fill_len) {
         r = fill_range(io, L->fill_off, L->fill_len, L->mode);
+        if (!r)
+            r = cr_flush(&L->file, io, L->fill_off, UINT64_MAX);
+    }
     if (!r)
         r = io->ops->flush(io);
     if (r)

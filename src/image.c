@@ -81,12 +81,9 @@ int image_rewrite_header(qk_image *img)
     return r < 0 ? qk_set_error(img, r, "Could not write the header: %s", qk_strerror(r)) : 0;
 }
 
-/* Flush everything and clear the dirty bit we set. */
-static int close_writable(qk_image *img)
+int image_mark_clean(qk_image *img)
 {
-    int r = bitmap_store_all(img);
-    if (r == 0)
-        r = qk_flush(img);
+    int r = qk_flush(img);
     if (r == 0 && img->lazy_dirty) {
         r = image_write_be64_sync(img, HDR_INCOMPAT, img->hdr.incompat & ~INCOMPAT_DIRTY,
                                   "the dirty bit");
@@ -96,6 +93,13 @@ static int close_writable(qk_image *img)
         }
     }
     return r;
+}
+
+/* Flush everything and clear the dirty bit we set. */
+static int close_writable(qk_image *img)
+{
+    int r = bitmap_store_all(img);
+    return r == 0 ? image_mark_clean(img) : r;
 }
 
 /* What a read-write open changes before the first write: refuse what we

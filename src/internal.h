@@ -363,6 +363,9 @@ int image_write_be64_sync(qk_image *img, uint64_t off, uint64_t value, const cha
 int image_rewrite_header(qk_image *img);
 /* Before the first allocation of a lazy-refcounts image: set the dirty bit. */
 int image_mark_dirty(qk_image *img);
+/* Flush everything, then clear the dirty bit that image_mark_dirty() set
+ * (QEMU's qcow2_mark_clean; a dirty bit found at open was repaired then). */
+int image_mark_clean(qk_image *img);
 
 /* ---- read.c ------------------------------------------------------------- */
 
