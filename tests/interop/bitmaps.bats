@@ -307,7 +307,9 @@ seeds() {
     qemu-img create -q -f qcow2 c.qcow2 1G
     "$QCOWKIT" bitmap --add -g 4k c.qcow2 b
     "$QCOWKIT" bitmap --add --disable c.qcow2 dis
-    for ((i = 0; i < 3000; i++)); do cmds+=(-c "write -P $((i % 250)) $(((i * 7919 % 16384) * 65536)) 64k"); done
+    # far more writes than the kill lets happen (1.8 GiB over the 1 GiB disk), so the writer is
+    # still running whatever the machine's speed
+    mapfile -t cmds < <(awk 'BEGIN { for (i = 0; i < 30000; i++) { print "-c"; print "write -P " i % 250 " " (i * 7919 % 16384) * 65536 " 64k" } }')
     "$QCOWKIT" io "${cmds[@]}" c.qcow2 >/dev/null 2>&1 &
     WRITER=$!
     e="$(bm_entry c.qcow2 0)"
