@@ -7,6 +7,7 @@
 # build-fuzz/findings/<target>-crash-...). Exits 1 if any target found one.
 #
 # Limits per input: 10 s, 512 MiB in one malloc, 2 GiB RSS (ASan included).
+# FUZZ_JOBS=N runs N targets at a time instead of 2 (a long campaign runs all at once).
 set -uo pipefail
 secs="$1"
 shift
@@ -25,7 +26,7 @@ run_one() { # SECONDS TARGET
     echo "$rc" >"build-fuzz/rc-$n"
 }
 export -f run_one
-printf '%s\n' "$@" | xargs -P 2 -I{} bash -c 'run_one "$0" "$1"' "$secs" {}
+printf '%s\n' "$@" | xargs -P "${FUZZ_JOBS:-2}" -I{} bash -c 'run_one "$0" "$1"' "$secs" {}
 
 fail=0
 printf '%-14s %12s %8s %8s  %s\n' target execs edges corpus finding
