@@ -47,6 +47,8 @@ struct ck {
     const uint8_t *memo_b;  /* that block in img->rb_cache: valid until the next
                                use of the cache (ck_memo_reset() before any) */
     uint64_t nb_over;
+    int rejected;           /* the count left out a reference past the end of the file */
+    int grown;              /* the count grew the file up to a refcount block */
 };
 
 /* check.c */

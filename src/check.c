@@ -172,6 +172,7 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
         ck_msg(c, "ERROR: counting reference for region exceeding the end of the file by one "
                "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64, offset, size);
         c->res->corruptions++;
+        c->rejected = 1;
         return 0;
     }
     uint64_t first = offset >> c->cb, last = (end - 1) >> c->cb;
@@ -694,6 +695,7 @@ static int check_refblocks(struct ck *c)
                 ck_msg(c, "ERROR could not resize image: %s", strerror(r > -1000 ? -r : EINVAL));
                 continue;
             }
+            c->grown = 1;
             c->res->corruptions--;
             c->res->corruptions_fixed++;
             if ((r = inc_ref(c, off, c->cs)) < 0)
@@ -723,6 +725,7 @@ static int calculate(struct ck *c)
     ck_free_bitmaps(c);
     c->bm_corrupt = 0;
     c->nb_over = 0;
+    c->rejected = c->grown = 0;
     if ((r = inc_ref(c, 0, c->cs)) < 0)
         return r;
     if ((r = check_l1(c, h->l1_offset, img->l1_size, CK_FRAG_INFO)) < 0)
@@ -1021,6 +1024,27 @@ static void result_reset(qk_check_result *res)
     res->opaque = o;
 }
 
+/* The count grew the file up to a refcount block past its end (QEMU's
+ * repair) after leaving out a reference past the end of the file: that
+ * reference may lie inside the file now. Left out, its clusters look free, a
+ * rebuild would place the new refcount structure there, and the repair that
+ * later moves the referencing structure (the snapshot table) would free them
+ * under the new structure. Count again from BEFORE, quietly (the first count
+ * wrote the lines), keeping what it fixed. */
+static int recount(struct ck *c, const qk_check_result *before)
+{
+    qk_check_result *res = c->res, first = *res;
+    *res = *before;
+    res->message = NULL;
+    rc_reset(c);
+    c->rebuild = 0;
+    int r = calculate(c);
+    res->message = first.message;
+    res->corruptions_fixed += first.corruptions_fixed - before->corruptions_fixed;
+    res->leaks_fixed += first.leaks_fixed - before->leaks_fixed;
+    return r;
+}
+
 /* QEMU's qcow2_check_refcounts + check_oflag_copied. */
 static int check_refcounts(struct ck *c)
 {
@@ -1030,14 +1054,17 @@ static int check_refcounts(struct ck *c)
     res->total_clusters = div_round_up(c->img->size, c->cs);
     c->rebuild = 0;
     ck_memo_reset(c);
+    qk_check_result before = *res;
     if ((r = calculate(c)) < 0)
+        return r;
+    if (c->rejected && c->grown && (r = recount(c, &before)) < 0)
         return r;
     review_bitmaps(c);
     qk_check_result pre = *res;
     compare(c, 0, &highest);
     if (c->rebuild && (c->fix & QK_CHECK_FIX_ERRORS)) {
         qk_check_result old = *res;
-        int64_t fresh_leaks = 0;
+        int64_t fresh_leaks = 0, fresh_corruptions = 0;
         if ((r = rebuild(c)) < 0) {
             res->check_errors++;
             return r;
@@ -1054,6 +1081,9 @@ static int check_refcounts(struct ck *c)
             if (c->rebuild)
                 ck_msg(c, "ERROR rebuilt refcount structure is still broken");
             fresh_leaks = res->leaks;
+            /* QEMU ignores these; we report them as left, since a repair
+             * must not claim a clean image it did not make. */
+            fresh_corruptions = res->corruptions;
             *res = saved;
         }
         if (res->corruptions < old.corruptions)
@@ -1061,6 +1091,7 @@ static int check_refcounts(struct ck *c)
         if (res->leaks < old.leaks)
             res->leaks_fixed += old.leaks - res->leaks;
         res->leaks += fresh_leaks;
+        res->corruptions += fresh_corruptions;
     } else if (c->fix) {
         if (c->rebuild) {
             ck_msg(c, "ERROR need to rebuild refcount structures");
