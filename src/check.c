@@ -167,12 +167,17 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
     if (size == 0)
         return 0;
     uint64_t end;
-    if (offset > (uint64_t)INT64_MAX || ck_add(offset, size, &end) || end > (uint64_t)INT64_MAX ||
-        (end > c->file_len && end - c->file_len >= c->cs)) {
+    int sane = offset <= (uint64_t)INT64_MAX && !ck_add(offset, size, &end) && end <= (uint64_t)INT64_MAX;
+    if (!sane || (end > c->file_len && end - c->file_len >= c->cs)) {
         ck_msg(c, "ERROR: counting reference for region exceeding the end of the file by one "
                "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64, offset, size);
         c->res->corruptions++;
         c->rejected = 1;
+        if (sane && size <= CK_LEFT_MAX_BYTES && c->nb_left < CK_MAX_LEFT) {
+            c->left[c->nb_left].first = offset >> c->cb;
+            c->left[c->nb_left].last = (end - 1) >> c->cb;
+            c->left[c->nb_left++].counted = 0;
+        }
         return 0;
     }
     uint64_t first = offset >> c->cb, last = (end - 1) >> c->cb;
@@ -726,6 +731,7 @@ static int calculate(struct ck *c)
     c->bm_corrupt = 0;
     c->nb_over = 0;
     c->rejected = c->grown = 0;
+    c->nb_left = 0;
     if ((r = inc_ref(c, 0, c->cs)) < 0)
         return r;
     if ((r = check_l1(c, h->l1_offset, img->l1_size, CK_FRAG_INFO)) < 0)
@@ -799,13 +805,24 @@ static void compare(struct ck *c, unsigned fix, uint64_t *highest)
 
 /* ---- rebuilding the refcount structure ---------------------------------- */
 
+/* Cluster K belongs to a reference the count left out past the end of the
+ * file and the rebuild has not counted yet. */
+static int left_out(const struct ck *c, uint64_t k)
+{
+    for (unsigned i = 0; i < c->nb_left; i++)
+        if (!c->left[i].counted && k >= c->left[i].first && k <= c->left[i].last)
+            return 1;
+    return 0;
+}
+
 /* First run of N clusters with count 0 at or after *hint (the array grows
- * past the end as needed); they get count 1. */
+ * past the end as needed), outside the references left out; they get
+ * count 1. */
 static int alloc_imrt(struct ck *c, uint64_t n, uint64_t *hint, uint64_t *first)
 {
     uint64_t k = *hint, run = 0;
     for (;; k++) {
-        if (k >= c->nb || rc_get(c, k) == 0) {
+        if ((k >= c->nb || rc_get(c, k) == 0) && !left_out(c, k)) {
             if (++run == n)
                 break;
         } else {
@@ -846,6 +863,23 @@ static int rebuild(struct ck *c)
         return r;
     for (int changed = 1; changed;) {
         changed = 0;
+        /* A reference the count left out past the end of the file (the
+         * snapshot table) lies inside it once the new structure is written
+         * past its start: count it then, so that the new refcounts cover it
+         * and no allocation lands on it. */
+        for (unsigned i = 0; i < c->nb_left; i++) {
+            if (c->left[i].counted || c->left[i].first >= c->nb)
+                continue;
+            if ((r = rc_grow(c, c->left[i].last + 1)) < 0)
+                goto out;
+            for (uint64_t k = c->left[i].first; k <= c->left[i].last && r == 0; k++)
+                if (rc_get(c, k) < c->rc_max)
+                    r = rc_set(c, k, rc_get(c, k) + 1);
+            if (r < 0)
+                goto out;
+            c->left[i].counted = 1;
+            changed = 1;
+        }
         uint64_t nblocks = div_round_up(c->nb, per);
         if (nblocks > rt_n) {
             uint64_t *v = realloc(rt, nblocks * 8);

@@ -120,3 +120,25 @@ HEX
     _qk_run check fixed.qcow2
     [ "$QK_RC" -eq 0 ]
 }
+
+# Same, without growing the file: missing refcounts alone make the repair rebuild, and the new
+# refcount table (cluster 5) was written over the snapshot table the count left out (0xa00, more
+# than a cluster past the end of the 2 KiB file). The rebuild now places nothing there and counts
+# the snapshot table once the new structure lies past it.
+@test "repair: a rebuild does not place the refcount table over a snapshot table past the end" {
+    from_xxd img.qcow2 <<'HEX'
+00000000: 5146 49fb 0000 0003 0000 0000 0000 0000  QFI.............
+00000010: 0000 0000 0000 0009 0000 0000 0001 0000  ................
+00000020: 0000 0000 0000 0002 0000 0000 0000 0600  ................
+00000030: 0000 0000 0000 0200 0000 0002 0000 0001  ................
+00000040: 0000 0000 0000 0a00 0000 0000 0000 0000  ................
+00000060: 0000 0004 0000 0070 0000 0000 0000 0000  .......p........
+000007f0: 0000 0000 0000 0000 0000 0000 0000 0000  ................
+HEX
+    _qk_run check img.qcow2
+    [ "$QK_RC" -eq 2 ]
+    grep -q 'exceeding the end of the file by one cluster or more: offset 0xa00 size 0x28' <<<"$QK_ERR"
+    repairs_clean img.qcow2
+    _qk_run check fixed.qcow2
+    [ "$QK_RC" -eq 0 ]
+}
