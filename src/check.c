@@ -891,7 +891,9 @@ static int rebuild(struct ck *c)
             rt = v;
             rt_n = nblocks;
         }
-        for (uint64_t bi = 0; bi < div_round_up(c->nb, per); bi++) {
+        /* Up to rt_n: an allocation may grow the count array past it (over a
+         * reference left out), the next pass covers those blocks. */
+        for (uint64_t bi = 0; bi < rt_n; bi++) {
             if (rt[bi] || !range_used(c, bi * per, per))
                 continue;
             uint64_t k;
