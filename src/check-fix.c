@@ -168,11 +168,13 @@ static int fix_l1_table(struct ck *c, uint64_t l1_offset, uint32_t l1_size, int 
 }
 
 /* A snapshot whose L1 table QEMU can never use (unaligned, too large, past
- * the end of the file). */
+ * the end of the file, in the header cluster). Its L1 entries are not
+ * repaired in place: in the header, that would overwrite the header. */
 static int snapshot_broken(const struct ck *c, const struct qk_snapshot *sn)
 {
     uint64_t end = sn->l1_offset + (uint64_t)sn->l1_size * 8;
     return !is_aligned(sn->l1_offset, c->cs) || sn->l1_size > MAX_L1_BYTES / 8 ||
+           (sn->l1_size && sn->l1_offset < c->cs) ||
            (sn->l1_size && end - c->file_len < end && end - c->file_len >= c->cs);
 }
 
@@ -326,7 +328,7 @@ int ck_unshare_overflows(struct ck *c)
 }
 
 /* Snapshots whose L1 table QEMU can never use (unaligned, too large, past
- * the end of the file) are dropped from the snapshot table, which is
+ * the end of the file, in the header cluster) are dropped from the snapshot table, which is
  * rewritten in place (it only shrinks) before the header count changes. Their
  * clusters are found as leaks by the count. Returns 1 if it dropped any. */
 int ck_drop_broken_snapshots(struct ck *c)

@@ -14,6 +14,8 @@
 #define CK_MAX_OVER 4096     /* overflowing clusters remembered for unsharing */
 #define CK_BIG 0xFFFFu          /* count stored in the overflow hash */
 #define CK_NO_BITMAP_REPAIR 0x100u  /* internal: dirty-image repair leaves bitmaps alone */
+#define CK_MAX_LEFT 16       /* references left out past the end of the file remembered, */
+#define CK_LEFT_MAX_BYTES (64ull << 20)  /* each at most this large */
 
 enum ctype { CT_UNALLOC_, CT_ZERO_PLAIN_, CT_ZERO_ALLOC_, CT_NORMAL_, CT_COMPRESSED_ };
 
@@ -47,6 +49,13 @@ struct ck {
     const uint8_t *memo_b;  /* that block in img->rb_cache: valid until the next
                                use of the cache (ck_memo_reset() before any) */
     uint64_t nb_over;
+    int rejected;           /* the count left out a reference past the end of the file */
+    struct {
+        uint64_t first, last;   /* its clusters */
+        int counted;            /* counted by the rebuild (the file covers it then) */
+    } left[CK_MAX_LEFT];        /* the first CK_MAX_LEFT of them */
+    unsigned nb_left;
+    int grown;              /* the count grew the file up to a refcount block */
 };
 
 /* check.c */

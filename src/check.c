@@ -167,11 +167,17 @@ static int inc_ref(struct ck *c, uint64_t offset, uint64_t size)
     if (size == 0)
         return 0;
     uint64_t end;
-    if (offset > (uint64_t)INT64_MAX || ck_add(offset, size, &end) || end > (uint64_t)INT64_MAX ||
-        (end > c->file_len && end - c->file_len >= c->cs)) {
+    int sane = offset <= (uint64_t)INT64_MAX && !ck_add(offset, size, &end) && end <= (uint64_t)INT64_MAX;
+    if (!sane || (end > c->file_len && end - c->file_len >= c->cs)) {
         ck_msg(c, "ERROR: counting reference for region exceeding the end of the file by one "
                "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64, offset, size);
         c->res->corruptions++;
+        c->rejected = 1;
+        if (sane && size <= CK_LEFT_MAX_BYTES && c->nb_left < CK_MAX_LEFT) {
+            c->left[c->nb_left].first = offset >> c->cb;
+            c->left[c->nb_left].last = (end - 1) >> c->cb;
+            c->left[c->nb_left++].counted = 0;
+        }
         return 0;
     }
     uint64_t first = offset >> c->cb, last = (end - 1) >> c->cb;
@@ -694,6 +700,7 @@ static int check_refblocks(struct ck *c)
                 ck_msg(c, "ERROR could not resize image: %s", strerror(r > -1000 ? -r : EINVAL));
                 continue;
             }
+            c->grown = 1;
             c->res->corruptions--;
             c->res->corruptions_fixed++;
             if ((r = inc_ref(c, off, c->cs)) < 0)
@@ -723,6 +730,8 @@ static int calculate(struct ck *c)
     ck_free_bitmaps(c);
     c->bm_corrupt = 0;
     c->nb_over = 0;
+    c->rejected = c->grown = 0;
+    c->nb_left = 0;
     if ((r = inc_ref(c, 0, c->cs)) < 0)
         return r;
     if ((r = check_l1(c, h->l1_offset, img->l1_size, CK_FRAG_INFO)) < 0)
@@ -796,13 +805,24 @@ static void compare(struct ck *c, unsigned fix, uint64_t *highest)
 
 /* ---- rebuilding the refcount structure ---------------------------------- */
 
+/* Cluster K belongs to a reference the count left out past the end of the
+ * file and the rebuild has not counted yet. */
+static int left_out(const struct ck *c, uint64_t k)
+{
+    for (unsigned i = 0; i < c->nb_left; i++)
+        if (!c->left[i].counted && k >= c->left[i].first && k <= c->left[i].last)
+            return 1;
+    return 0;
+}
+
 /* First run of N clusters with count 0 at or after *hint (the array grows
- * past the end as needed); they get count 1. */
+ * past the end as needed), outside the references left out; they get
+ * count 1. */
 static int alloc_imrt(struct ck *c, uint64_t n, uint64_t *hint, uint64_t *first)
 {
     uint64_t k = *hint, run = 0;
     for (;; k++) {
-        if (k >= c->nb || rc_get(c, k) == 0) {
+        if ((k >= c->nb || rc_get(c, k) == 0) && !left_out(c, k)) {
             if (++run == n)
                 break;
         } else {
@@ -843,6 +863,23 @@ static int rebuild(struct ck *c)
         return r;
     for (int changed = 1; changed;) {
         changed = 0;
+        /* A reference the count left out past the end of the file (the
+         * snapshot table) lies inside it once the new structure is written
+         * past its start: count it then, so that the new refcounts cover it
+         * and no allocation lands on it. */
+        for (unsigned i = 0; i < c->nb_left; i++) {
+            if (c->left[i].counted || c->left[i].first >= c->nb)
+                continue;
+            if ((r = rc_grow(c, c->left[i].last + 1)) < 0)
+                goto out;
+            for (uint64_t k = c->left[i].first; k <= c->left[i].last && r == 0; k++)
+                if (rc_get(c, k) < c->rc_max)
+                    r = rc_set(c, k, rc_get(c, k) + 1);
+            if (r < 0)
+                goto out;
+            c->left[i].counted = 1;
+            changed = 1;
+        }
         uint64_t nblocks = div_round_up(c->nb, per);
         if (nblocks > rt_n) {
             uint64_t *v = realloc(rt, nblocks * 8);
@@ -854,7 +891,9 @@ static int rebuild(struct ck *c)
             rt = v;
             rt_n = nblocks;
         }
-        for (uint64_t bi = 0; bi < div_round_up(c->nb, per); bi++) {
+        /* Up to rt_n: an allocation may grow the count array past it (over a
+         * reference left out), the next pass covers those blocks. */
+        for (uint64_t bi = 0; bi < rt_n; bi++) {
             if (rt[bi] || !range_used(c, bi * per, per))
                 continue;
             uint64_t k;
@@ -1021,6 +1060,27 @@ static void result_reset(qk_check_result *res)
     res->opaque = o;
 }
 
+/* The count grew the file up to a refcount block past its end (QEMU's
+ * repair) after leaving out a reference past the end of the file: that
+ * reference may lie inside the file now. Left out, its clusters look free, a
+ * rebuild would place the new refcount structure there, and the repair that
+ * later moves the referencing structure (the snapshot table) would free them
+ * under the new structure. Count again from BEFORE, quietly (the first count
+ * wrote the lines), keeping what it fixed. */
+static int recount(struct ck *c, const qk_check_result *before)
+{
+    qk_check_result *res = c->res, first = *res;
+    *res = *before;
+    res->message = NULL;
+    rc_reset(c);
+    c->rebuild = 0;
+    int r = calculate(c);
+    res->message = first.message;
+    res->corruptions_fixed += first.corruptions_fixed - before->corruptions_fixed;
+    res->leaks_fixed += first.leaks_fixed - before->leaks_fixed;
+    return r;
+}
+
 /* QEMU's qcow2_check_refcounts + check_oflag_copied. */
 static int check_refcounts(struct ck *c)
 {
@@ -1030,14 +1090,17 @@ static int check_refcounts(struct ck *c)
     res->total_clusters = div_round_up(c->img->size, c->cs);
     c->rebuild = 0;
     ck_memo_reset(c);
+    qk_check_result before = *res;
     if ((r = calculate(c)) < 0)
+        return r;
+    if (c->rejected && c->grown && (r = recount(c, &before)) < 0)
         return r;
     review_bitmaps(c);
     qk_check_result pre = *res;
     compare(c, 0, &highest);
     if (c->rebuild && (c->fix & QK_CHECK_FIX_ERRORS)) {
         qk_check_result old = *res;
-        int64_t fresh_leaks = 0;
+        int64_t fresh_leaks = 0, fresh_corruptions = 0;
         if ((r = rebuild(c)) < 0) {
             res->check_errors++;
             return r;
@@ -1054,6 +1117,9 @@ static int check_refcounts(struct ck *c)
             if (c->rebuild)
                 ck_msg(c, "ERROR rebuilt refcount structure is still broken");
             fresh_leaks = res->leaks;
+            /* QEMU ignores these; we report them as left, since a repair
+             * must not claim a clean image it did not make. */
+            fresh_corruptions = res->corruptions;
             *res = saved;
         }
         if (res->corruptions < old.corruptions)
@@ -1061,6 +1127,7 @@ static int check_refcounts(struct ck *c)
         if (res->leaks < old.leaks)
             res->leaks_fixed += old.leaks - res->leaks;
         res->leaks += fresh_leaks;
+        res->corruptions += fresh_corruptions;
     } else if (c->fix) {
         if (c->rebuild) {
             ck_msg(c, "ERROR need to rebuild refcount structures");
