@@ -27,9 +27,12 @@ setup() {
 # folder (QEMU opens a data file relative to the working directory). The 4 TiB image skips -B
 # (QEMU and qcowkit then write 4 TiB of zero clusters: 512 MiB of L2 tables).
 corpus_script() { # OUTDIR
-    awk -v out="$1" -v qk="$QCOWKIT" -v corpus="$CORPUS" '
+    # Under ASan each image gets one of the five modes, in turn (all modes and all images are
+    # still covered); the normal pass runs every image in every mode.
+    awk -v out="$1" -v qk="$QCOWKIT" -v corpus="$CORPUS" -v rot="$([[ -n "${QK_SANITIZED:-}" ]] && echo 1 || echo 0)" '
     function q(s) { gsub(/\047/, "\047\\\047\047", s); return "\047" s "\047" }
     function step(img, mode, args, pre,   o) {
+        if (rot && (n + mode_i++) % 5 != 0) return
         o = out "/" n "." mode ".qcow2"
         printf "( cd %s && %s", q(dir), pre
         printf "%s convert %s %s %s 2>%s.err || { echo \"FAIL %s %s: convert: $(head -3 %s.err)\"; exit; }; ", q(qk), args, q(arg), q(o), q(o), img, mode, q(o)
@@ -39,7 +42,7 @@ corpus_script() { # OUTDIR
         printf "echo \"ok %s %s\"; rm -f %s %s.err )\n", img, mode, q(o), q(o)
     }
     {
-        img = $1; tags = "," $2 ","; n++
+        img = $1; tags = "," $2 ","; n++; mode_i = 0
         if (tags ~ /,datafile,/) { dir = corpus "/" img; sub(/\/[^\/]*$/, "", dir); arg = img; sub(/.*\//, "", arg) }
         else { dir = corpus; arg = img }
         step(img, "plain", "-O qcow2", "")
@@ -67,10 +70,15 @@ corpus_script() { # OUTDIR
     echo "== $total conversions ok, $fails failed"
     grep -v '^ok' result.txt | head -40
     ((fails == 0))
-    # 5 modes for each image, 4 for the huge one
+    # 5 modes for each image, 4 for the huge one; under ASan one mode per image (the huge
+    # one may draw the -B it skips)
     local images
     images="$(wc -l <"$CORPUS/MANIFEST")"
-    ((images >= 30 && total == images * 5 - 1))
+    if [[ -n "${QK_SANITIZED:-}" ]]; then
+        ((images >= 30 && total >= images - 1 && total <= images))
+    else
+        ((images >= 30 && total == images * 5 - 1))
+    fi
 }
 
 mk() { qemu-img create -q -f qcow2 "$@"; }
