@@ -1207,7 +1207,11 @@ static int run_check(qk_image *img, unsigned fix, qk_check_result *res)
     if (r == 0 && incomplete) {
         /* Counted apart, as QEMU's snapshot result is added after the
          * refcount result (a rebuild resets the latter). */
-        if ((c.fix & QK_CHECK_FIX_ERRORS) && !res->check_errors && (r = ck_fix_snapshot_extra(&c)) == 0)
+        /* Freeing the old table can bring a cluster it shared with an L2
+         * table or data cluster down to refcount 1 after check_copied ran:
+         * fix the COPIED flags again. */
+        if ((c.fix & QK_CHECK_FIX_ERRORS) && !res->check_errors && (r = ck_fix_snapshot_extra(&c)) == 0 &&
+            (r = check_copied(&c, c.fix)) == 0)
             res->corruptions_fixed += incomplete;
         else
             res->corruptions += incomplete;
