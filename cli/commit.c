@@ -37,6 +37,7 @@ struct commit {
     uint8_t *buf;
     cli_progress progress;
     uint64_t total;      /* dirty bytes, for the progress meter */
+    cli_ratelimit rate;  /* -r: counts the bytes copied (not zeroed or discarded), as mirror does */
 };
 
 static void print_help(void)
@@ -47,7 +48,7 @@ static void print_help(void)
            "  -f FMT    format of FILENAME (qcow2 or raw)\n"
            "  -t CACHE  cache mode (none, writeback, unsafe, directsync, writethrough)\n"
            "  -b BASE   commit into BASE, an image of FILENAME's backing chain (implies -d)\n"
-           "  -r RATE   rate limit (accepted; the commit runs at full speed)\n"
+           "  -r RATE   copy at most RATE bytes per second (suffixes K, M, G...)\n"
            "  -d        do not empty FILENAME afterwards\n"
            "  -p        show progress\n"
            "  -q        quiet\n");
@@ -131,6 +132,9 @@ static int copy_run(struct commit *c, uint64_t off, uint64_t len)
         } else {
             for (uint64_t done = 0; done < io && r == 0;) {
                 uint64_t n = io - done > MIRROR_MAX_IO ? MIRROR_MAX_IO : io - done;
+                struct timespec due;
+                if (cli_ratelimit_take(&c->rate, n, &due))
+                    cli_sleep_until(&due);
                 if ((r = qk_pread(c->top, c->buf, n, off + done)) < 0) {
                     cli_error("%s", cli_errstr(c->top, r));
                     return -1;
@@ -166,9 +170,11 @@ static uint64_t mirror_granularity(qk_image *base, uint64_t *base_cs)
     return cs < 4096 ? 4096 : cs > 65536 ? 65536 : cs;
 }
 
-static int run_commit(qk_image *top, const char *path, const char *base_name, int drop, int progress)
+static int run_commit(qk_image *top, const char *path, const char *base_name, int drop, int progress,
+                      uint64_t rate)
 {
     struct commit c = { .top = top, .size = qk_size(top) };
+    cli_ratelimit_init(&c.rate, rate);
     if (base_name) {
         if (!(c.base = cli_find_backing(top, base_name))) {
             cli_error("Did not find '%s' in the backing chain of '%s'", base_name, path);
@@ -221,6 +227,7 @@ int cmd_commit(int argc, char **argv)
     const char *fmt = NULL, *base = NULL;
     unsigned flags = QK_OPEN_RDWR;
     int quiet = 0, drop = 0, progress = 0, c;
+    int64_t rate = 0;
 
     optind = 1;
     while ((c = getopt_long(argc, argv, ":hf:t:b:r:dpq", longopts, NULL)) != -1) {
@@ -240,7 +247,7 @@ int cmd_commit(int argc, char **argv)
             drop = 1;   /* -b implies -d, as in qemu-img */
             break;
         case 'r':
-            if (cli_cvtnum("rate limit", optarg) < 0)
+            if ((rate = cli_cvtnum("rate limit", optarg)) < 0)
                 return 1;
             break;
         case 'd':
@@ -264,7 +271,7 @@ int cmd_commit(int argc, char **argv)
     qk_image *top;
     if (cli_open_image(&top, path, fmt, flags) < 0)
         return 1;
-    int rc = run_commit(top, path, base, drop, progress);
+    int rc = run_commit(top, path, base, drop, progress, (uint64_t)rate);
     if (qk_close(top) < 0 && rc == 0) {
         cli_error("Could not close '%s'", path);
         rc = 1;

@@ -88,15 +88,14 @@ typedef struct conv {
     int copy_offload;         /* -C */
     int salvage;
     int flush_at_end;         /* cache mode other than unsafe */
-    uint64_t rate;            /* -r, bytes per second; 0 = no limit */
+    uint64_t rate_limit;      /* -r, bytes per second; 0 = no limit */
     uint64_t size;            /* of all sources */
     pthread_mutex_t lock;     /* the fields below, and the scan handles */
     pthread_cond_t turn_cv;
     uint64_t cursor;          /* next guest offset to hand out */
     uint64_t next_seq, turn;  /* sequence of the next chunk; chunk allowed to write */
     int failed;               /* an error has been reported */
-    struct timespec rate_start;
-    uint64_t rate_bytes;
+    cli_ratelimit rate;       /* -r */
     cli_progress progress;
     uint64_t data_total, data_done;
 } conv;
@@ -299,25 +298,12 @@ static void end_turn(conv *c)
 /* -r: sleep until N more bytes may be written. */
 static void throttle(conv *c, uint64_t n)
 {
-    struct timespec now, due;
-    double t;
-
-    if (!c->rate)
-        return;
+    struct timespec due;
     pthread_mutex_lock(&c->lock);
-    t = (double)c->rate_bytes / (double)c->rate;
-    c->rate_bytes += n;
-    due = c->rate_start;
+    int limited = cli_ratelimit_take(&c->rate, n, &due);
     pthread_mutex_unlock(&c->lock);
-    due.tv_sec += (time_t)t;
-    due.tv_nsec += (long)((t - (double)(time_t)t) * 1e9);
-    if (due.tv_nsec >= 1000000000L) {
-        due.tv_sec++;
-        due.tv_nsec -= 1000000000L;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec < due.tv_sec || (now.tv_sec == due.tv_sec && now.tv_nsec < due.tv_nsec))
-        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, NULL);
+    if (limited)
+        cli_sleep_until(&due);
 }
 
 static int write_all(int fd, const unsigned char *p, size_t n, uint64_t off)
@@ -699,7 +685,7 @@ static int run_copy(conv *c, int nthreads)
             goto out;
         }
     }
-    clock_gettime(CLOCK_MONOTONIC, &c->rate_start);
+    cli_ratelimit_init(&c->rate, c->rate_limit);
     for (int i = 1; i < nthreads; i++) {
         if (pthread_create(&w[i].tid, NULL, worker_main, &w[i]) != 0)
             break;
@@ -915,7 +901,7 @@ static int parse_args(conv *c, conv_args *a, int argc, char **argv)
         case 'r':
             if ((v = cli_cvtnum("rate limit", optarg)) < 0)
                 return 1;
-            c->rate = (uint64_t)v;
+            c->rate_limit = (uint64_t)v;
             break;
         case OPT_BITMAPS: a->bitmaps = 1; break;
         case OPT_SKIP_BROKEN: a->skip_broken = 1; break;

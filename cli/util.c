@@ -170,3 +170,32 @@ int cli_is_zero(const void *buf, size_t len)
     return len <= 16 || !memcmp(p, p + 16, len - 16);
 }
 
+
+void cli_ratelimit_init(cli_ratelimit *rl, uint64_t rate)
+{
+    rl->rate = rate;
+    rl->bytes = 0;
+    clock_gettime(CLOCK_MONOTONIC, &rl->start);
+}
+
+int cli_ratelimit_take(cli_ratelimit *rl, uint64_t n, struct timespec *due)
+{
+    if (!rl->rate)
+        return 0;
+    double t = (double)rl->bytes / (double)rl->rate;
+    rl->bytes += n;
+    *due = rl->start;
+    due->tv_sec += (time_t)t;
+    due->tv_nsec += (long)((t - (double)(time_t)t) * 1e9);
+    if (due->tv_nsec >= 1000000000L) {
+        due->tv_sec++;
+        due->tv_nsec -= 1000000000L;
+    }
+    return 1;
+}
+
+void cli_sleep_until(const struct timespec *due)
+{
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, due, NULL) == EINTR)
+        ;
+}

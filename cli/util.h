@@ -1,7 +1,7 @@
 /*
  * util.h - small helpers shared by qcowkit subcommands: qemu-style size
- * parsing, the qemu-img progress meter, error words for a handle, and zero
- * detection in buffers. Usage errors, option errors and opening an image by
+ * parsing, the qemu-img progress meter, a byte rate limit, error words for a
+ * handle, and zero detection in buffers. Usage errors, option errors and opening an image by
  * format name are in imgcommon.h. Owned by the convert/compare/io helper;
  * other subcommands may use it.
  */
@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "qcowkit.h"
 
@@ -41,6 +42,24 @@ void cli_progress_init(cli_progress *p, int enabled, float min_skip);
 void cli_progress_print(cli_progress *p, float delta, int max);
 /* Final newline after the last progress line. */
 void cli_progress_end(cli_progress *p);
+
+/*
+ * A byte rate limit (convert -r, commit -r): the bytes after the first B may
+ * start at START + B / RATE seconds. Not locked: a threaded caller takes the
+ * limit under its own lock and sleeps outside it.
+ */
+typedef struct cli_ratelimit {
+    uint64_t rate;            /* bytes per second; 0 = no limit */
+    uint64_t bytes;           /* accounted so far */
+    struct timespec start;
+} cli_ratelimit;
+
+/* Start the clock of a limit of RATE bytes per second (0: no limit). */
+void cli_ratelimit_init(cli_ratelimit *rl, uint64_t rate);
+/* Account N more bytes; 1 and *DUE = when they may go, or 0 without a limit. */
+int cli_ratelimit_take(cli_ratelimit *rl, uint64_t n, struct timespec *due);
+/* Sleep until DUE (CLOCK_MONOTONIC); returns at once if it has passed. */
+void cli_sleep_until(const struct timespec *due);
 
 /* Words for the last failure on IMG: its message, or qk_strerror(code). */
 const char *cli_errstr(const qk_image *img, int code);

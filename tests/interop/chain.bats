@@ -123,6 +123,23 @@ errors_same() {
     return $bad
 }
 
+# qemu-img commit -r limits the bytes the job copies per second; 4 MiB at 2 MiB/s cannot finish
+# in less than 1.5 s (the last 1 MiB copy may start at 1.5 s), however fast the machine.
+@test "commit -r: copies at most RATE bytes per second, same data" {
+    qemu-img create -q -f qcow2 b.qcow2 64M
+    qemu-img create -q -f qcow2 -b b.qcow2 -F qcow2 t.qcow2
+    qemu-io -c "write -P 7 1M 4M" t.qcow2 >/dev/null
+    local t0 t1
+    t0=$(date +%s%N)
+    run "$QCOWKIT" commit -r 2M t.qcow2
+    t1=$(date +%s%N)
+    [ "$status" -eq 0 ] && [ "$output" = "Image committed." ]
+    (( (t1 - t0) / 1000000 >= 1500 )) || { echo "took $(( (t1 - t0) / 1000000 )) ms"; false; }
+    qemu-io -c "read -P 7 1M 4M" -c "read -P 0 0 1M" -c "read -P 0 5M 59M" b.qcow2 | grep -c '^read' | grep -qx 3
+    qemu-img check -q b.qcow2
+    [ "$(qemu-img map --output=json t.qcow2 | jq '[.[] | select(.depth == 0 and .data)] | length')" = 0 ]
+}
+
 @test "commit: errors and exit codes as qemu-img's" {
     errors_same "commit" "commit a b" "commit -t bogus t.qcow2" "commit -r abc t.qcow2" \
         "commit -b nosuch t.qcow2" "commit b.qcow2" "commit -q t.qcow2" "commit -x t.qcow2" \
