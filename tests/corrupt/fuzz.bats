@@ -194,3 +194,23 @@ HEX
     # the incomplete entries are kept (their extra data extended), as QEMU keeps them
     [ "$(qemu-img snapshot -l fixed.qcow2 | wc -l)" -eq $((32 + 2)) ]
 }
+
+# fuzz_repair finding (ASan heap-buffer-overflow in check's rebuild): no refcount blocks and 64766
+# empty (incomplete) snapshot entries at 0x1000 running 2.5 MB past the end of a 4.6 KB file. The
+# refcount rebuild placed refcount blocks up to the size of its count array, which an allocation
+# inside that loop had grown past the entries of the new refcount table. (qemu-img check -r all
+# gives up on this image: "Check failed: Input/output error".)
+@test "repair: a refcount rebuild that grows its count array stays inside the new table" {
+    from_xxd img.qcow2 <<'HEX'
+00000000: 5146 49fb 0000 0003 0000 0000 0000 0000  QFI.............
+00000010: 0000 0000 0000 0009 0000 0000 0000 0000  ................
+00000030: 0000 0000 0000 0200 0000 0001 0000 fcfe  ................
+00000040: 0000 0000 0000 1000 0000 0000 0000 0000  ................
+00000060: 0000 0004 0000 0070 0000 0000 0000 0000  .......p........
+00001000: 0000 0000 0000 0000 0000 0000 0000 5100  ..............Q.
+00001210: 0000 0000 00                             .....
+HEX
+    repairs_clean img.qcow2
+    _qk_run check fixed.qcow2
+    [ "$QK_RC" -eq 0 ]
+}
