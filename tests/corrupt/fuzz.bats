@@ -214,3 +214,25 @@ HEX
     _qk_run check fixed.qcow2
     [ "$QK_RC" -eq 0 ]
 }
+
+# fuzz_repair finding: a v2 image whose one snapshot entry (at 0x1000) starts past the end of the
+# 3806-byte file, less than a cluster past it. qemu-img opens it (the tail reads as zeros) and
+# check -r all repaired it, yet our open refused the repaired image ("Snapshot table entry 0 is
+# past the end of the file"). Snapshot entries now follow the rule of tables (the open test above).
+@test "repair: a snapshot entry less than a cluster past the end of the file; the result opens" {
+    from_xxd img.qcow2 <<'HEX'
+00000000: 5146 49fb 0000 0002 0000 0000 0000 0000  QFI.............
+00000010: 0000 0000 0000 0009 0000 0000 0000 0000  ................
+00000030: 0000 0000 0000 0200 0000 0001 0000 0001  ................
+00000040: 0000 0000 0000 1000 0000 0000 0000 0000  ................
+00000ed0: 0000 0000 0000 0000 0000 0000 0000       ..............
+HEX
+    qemu-img info img.qcow2 >/dev/null
+    _qk_run info img.qcow2
+    [ "$QK_RC" -eq 0 ]
+    repairs_clean img.qcow2
+    _qk_run info fixed.qcow2
+    [ "$QK_RC" -eq 0 ]
+    _qk_run check fixed.qcow2
+    [ "$QK_RC" -eq 0 ]
+}
