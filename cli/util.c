@@ -170,7 +170,6 @@ int cli_is_zero(const void *buf, size_t len)
     return len <= 16 || !memcmp(p, p + 16, len - 16);
 }
 
-
 void cli_ratelimit_init(cli_ratelimit *rl, uint64_t rate)
 {
     rl->rate = rate;

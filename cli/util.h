@@ -1,8 +1,8 @@
 /*
  * util.h - small helpers shared by qcowkit subcommands: qemu-style size
  * parsing, the qemu-img progress meter, a byte rate limit, error words for a
- * handle, and zero detection in buffers. Usage errors, option errors and opening an image by
- * format name are in imgcommon.h. Owned by the convert/compare/io helper;
+ * handle, and zero detection in buffers. Usage errors, option errors and
+ * opening an image by format name are in imgcommon.h. Owned by the convert/compare/io helper;
  * other subcommands may use it.
  */
 #ifndef QK_CLI_UTIL_H
